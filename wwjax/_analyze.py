@@ -154,7 +154,7 @@ def _fit_rows(evals, num_valid, rank_tol, finite, *, num_clipped: int, tolerance
     """Power-law fit and norm metrics of every row of ``evals (rows, n)`` (zero-padded in front), vmapped."""
 
     def one_row(ev, valid, tol, ok):
-        fit = fit_power_law(ev, num_clipped, block=block)
+        fit = fit_power_law(ev, num_clipped, ev[-1] * tol, block=block)
         nan = jnp.array(jnp.nan, ev.dtype)
         fitted = fit.ok & ok
         alpha = jnp.where(fitted, fit.alpha, nan)

@@ -72,17 +72,24 @@ def _ks_distances(
     return jax.lax.map(one_block, firsts).reshape(-1)[:n]
 
 
-def candidate_fits(evals: Float[Array, " n"], num_clipped: int | Int[Array, ""] = 0, *, block: int = 256) -> tuple[
+def candidate_fits(
+    evals: Float[Array, " n"],
+    num_clipped: int | Int[Array, ""] = 0,
+    noise_floor: float | Float[Array, ""] = 0.0,
+    *,
+    block: int = 256,
+) -> tuple[
     CandidateFits, Int[Array, ""], Int[Array, ""]
 ]:
     """α, D, σ of every xmin candidate of an ascending ESD, with the fit range ``[start, end)``.
 
-    ``num_clipped`` top eigenvalues are left out first (WeightWatcher's integer ``xmax``).
+    ``num_clipped`` top eigenvalues are left out first (WeightWatcher's integer ``xmax``); eigenvalues at or below
+    ``max(1e-5, noise_floor)`` are not fitted.
     """
     n = evals.shape[0]
     idx = jnp.arange(n)
     end = n - num_clipped
-    fitted = (idx < end) & (evals > EVALS_THRESH)
+    fitted = (idx < end) & (evals > jnp.maximum(EVALS_THRESH, noise_floor))
     start = end - jnp.sum(fitted)  # the fitted eigenvalues are the contiguous block [start, end)
     num_fit = end - start
     log_x = jnp.log(jnp.where(fitted, evals, 1.0))
@@ -107,12 +114,20 @@ def candidate_fits(evals: Float[Array, " n"], num_clipped: int | Int[Array, ""] 
     return CandidateFits(alphas, Ds, sigmas), start, end
 
 
-def fit_power_law(evals: Float[Array, " n"], num_clipped: int | Int[Array, ""] = 0, *, block: int = 256) -> PowerLawFit:
+def fit_power_law(
+    evals: Float[Array, " n"],
+    num_clipped: int | Int[Array, ""] = 0,
+    noise_floor: float | Float[Array, ""] = 0.0,
+    *,
+    block: int = 256,
+) -> PowerLawFit:
     """Fits a power law to the tail of one ascending ESD, as WeightWatcher's default ``WWFit`` does.
 
     Args:
       evals: the ESD, sorted ascending (zeros included; only values above 1e-5 are fitted).
       num_clipped: drop this many of the largest eigenvalues before fitting (WeightWatcher's ``xmax=-k``).
+      noise_floor: eigenvalues at or below this are numerically zero for the solver that produced them and are not
+        fitted either (``wwjax.analyze`` passes ``λmax`` times its rank tolerance; negligible in float64).
       block: candidates per block of the KS-distance reduction (memory ~ ``block * n``).
 
     Returns:
@@ -125,7 +140,7 @@ def fit_power_law(evals: Float[Array, " n"], num_clipped: int | Int[Array, ""] =
       >>> bool(fit.ok), round(float(fit.alpha), 1)
       (True, 2.5)
     """
-    fits, start, end = candidate_fits(evals, num_clipped, block=block)
+    fits, start, end = candidate_fits(evals, num_clipped, noise_floor, block=block)
     best = jnp.argmin(fits.Ds)
     num_fit = end - start
     alpha = fits.alphas[best]

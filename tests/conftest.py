@@ -1,0 +1,48 @@
+"""Shared fixtures: the golden weights, and switching float64 on for a test."""
+
+from __future__ import annotations
+
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+GOLDEN = pathlib.Path(__file__).parent / "golden"
+
+
+@pytest.fixture
+def x64():
+    """Runs the test with ``jax_enable_x64`` on (the parity setting), restoring the previous value after."""
+    previous = jax.config.read("jax_enable_x64")
+    jax.config.update("jax_enable_x64", True)
+    yield
+    jax.config.update("jax_enable_x64", previous)
+
+
+@pytest.fixture
+def f32():
+    previous = jax.config.read("jax_enable_x64")
+    jax.config.update("jax_enable_x64", False)
+    yield
+    jax.config.update("jax_enable_x64", previous)
+
+
+def load_golden_params() -> dict:
+    """The golden weights (Flax layout) as ``{case: {kernel|embedding: array}}``."""
+    weights = np.load(GOLDEN / "weights.npz")
+    params: dict = {}
+    for key in weights.files:
+        case, leaf = key.split("/")
+        params.setdefault(case, {})[leaf] = weights[key]
+    return params
+
+
+@pytest.fixture(scope="session")
+def golden_params() -> dict:
+    return load_golden_params()
+
+
+def heavy_tailed(rng: np.random.Generator, shape, df: float = 3.0) -> np.ndarray:
+    """Student-t entries scaled by 1/sqrt(fan-in): a weight matrix with a heavy-tailed ESD."""
+    return (rng.standard_t(df, size=shape) / np.sqrt(shape[-2] if len(shape) > 1 else 1)).astype(np.float32)

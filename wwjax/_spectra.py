@@ -8,7 +8,7 @@ Two solvers:
   WᵀW *are* the ESD, so nothing is lost for the power-law tail; the smallest eigenvalues carry an absolute error of
   about ``eps·λmax`` (see ``docs/engine.md``), which is why its rank tolerance is ``λ > λmax·N·eps``.
 
-``svd_method='fast'`` picks the faster of the two for the backend, measured in ``benchmarks/eigensolvers.py``.
+``svd_method='fast'`` picks the faster of the two for the backend (see ``docs/engine.md`` for the measurements).
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ def resolve_method(svd_method: str, backend: str | None = None) -> str:
     """Maps WeightWatcher's ``fast``/``accurate`` (and our ``svd``/``gram``) to a solver.
 
     ``accurate`` is always the SVD. ``fast`` is the Gram + ``eigvalsh`` route on every backend: on CPU it is
-    2-6x faster than the SVD for the shapes of real networks (benchmarks/eigensolvers.py), and on GPU/TPU the
-    symmetric eigensolver is the better-optimised batched kernel.
+    1.3-3.5x faster than the SVD for the shapes of real networks (docs/engine.md, benchmarks/), and on GPU/TPU
+    the symmetric eigensolver is the better-optimised batched kernel.
     """
     if svd_method not in SVD_METHODS:
         raise ValueError(f"svd_method must be one of {SVD_METHODS}, got {svd_method!r}")

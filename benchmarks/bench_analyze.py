@@ -359,7 +359,16 @@ def environment() -> dict:
         "cpu_count": os.cpu_count(),
         "numpy": np.__version__,
         "python": platform.python_version(),
+        "load_average_1m": load_average(),
     }
+
+
+def load_average() -> float | None:
+    """The 1-minute load average (other work on the machine inflates every figure), where the OS reports one."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
 
 
 def seconds(x) -> str:
@@ -376,12 +385,13 @@ def parity_cells(p: dict | None) -> tuple[str, str]:
     layers = f"{p['layers_ww']} / {p['layers_wwjax']}"
     if p["max_abs_alpha_diff"] is None:
         return layers, "none compared"
-    return layers, f"{p['max_abs_alpha_diff']:.2g} (rel {p['max_rel_alpha_diff']:.2g}, {p['compared']} layers)"
+    return layers, f"{p['max_abs_alpha_diff']:.2g} (rel {p['max_rel_alpha_diff']:.2g})"
 
 
 def print_report(env: dict, results: dict[str, dict], ww_python: str | None) -> None:
     print()
     print("jax {jax} | backend {backend} | device {device} | x64 {x64} | CPUs {cpu_count}".format(**env))
+    print(f"load average (1 min): {env['load_average_1m']} at start, {env['load_average_1m_end']} at end")
     versions = next((r["ww_versions"] for r in results.values() if "ww_versions" in r), None)
     if versions:
         print("WeightWatcher {weightwatcher} (torch {torch}, scipy {scipy}, float64 SVD)".format(**versions))
@@ -457,6 +467,7 @@ def main(argv=None) -> None:
 
     import wwjax
 
+    env = environment()
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="bench_analyze_") as tmp:
         workdir = Path(tmp)
@@ -473,7 +484,7 @@ def main(argv=None) -> None:
             results[name] = benchmark_model(name, params, ww_python, args.repeats, workdir)
             del params
 
-    env = environment()
+    env["load_average_1m_end"] = load_average()
     print_report(env, results, ww_python)
     if args.json:
         config = {"blocks": args.blocks, "vocab": args.vocab, "repeats": args.repeats, "seed": args.seed}

@@ -11,21 +11,23 @@ import pytest
 GOLDEN = pathlib.Path(__file__).parent / "golden"
 
 
+def _with_x64(enabled: bool):
+    previous = jax.config.read("jax_enable_x64")
+    jax.config.update("jax_enable_x64", enabled)
+    yield
+    jax.config.update("jax_enable_x64", previous)
+
+
 @pytest.fixture
 def x64():
     """Runs the test with ``jax_enable_x64`` on (the parity setting), restoring the previous value after."""
-    previous = jax.config.read("jax_enable_x64")
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", previous)
+    yield from _with_x64(True)
 
 
 @pytest.fixture
 def f32():
-    previous = jax.config.read("jax_enable_x64")
-    jax.config.update("jax_enable_x64", False)
-    yield
-    jax.config.update("jax_enable_x64", previous)
+    """Runs the test in float32 (``jax_enable_x64`` off)."""
+    yield from _with_x64(False)
 
 
 def load_golden_params() -> dict:

@@ -425,6 +425,8 @@ def print_report(env: dict, results: dict[str, dict], ww_python: str | None) -> 
         print(line(row))
     for name, r in results.items():
         p = r.get("parity")
+        if p and p["worst_layer"]:
+            print(f"{name}: largest alpha difference at {p['worst_layer']} ({p['compared']} layers compared)")
         if p and (p["only_ww"] or p["only_wwjax"]):
             print(f"{name}: only WW analysed {p['only_ww']}; only wwjax analysed {p['only_wwjax']}")
 

@@ -398,31 +398,25 @@ def print_report(env: dict, results: dict[str, dict], ww_python: str | None) -> 
     elif not ww_python:
         print("WeightWatcher: not available (give --ww-python PATH)")
     for name, r in results.items():
-        print(f"{name}: {r['matrices']} matrices, {r['weights_in_matrices'] / 1e6:.1f}M weights, shapes {', '.join(r['shapes'])}")
+        shapes = ", ".join(r["shapes"])
+        print(f"{name}: {r['matrices']} matrices, {r['weights_in_matrices'] / 1e6:.1f}M weights, shapes {shapes}")
     print()
 
-    get = lambda r, k: r.get(k)  # noqa: E731
     rows = [
-        ("WeightWatcher cold (s)", lambda r: seconds(get(r, "ww_cold_s"))),
-        ("WeightWatcher warm (s)", lambda r: seconds(get(r, "ww_warm_s"))),
+        ("WeightWatcher cold (s)", lambda r: seconds(r.get("ww_cold_s"))),
+        ("WeightWatcher warm (s)", lambda r: seconds(r.get("ww_warm_s"))),
         ("wwjax cold (s)", lambda r: seconds(r["wwjax_cold_s"])),
         ("wwjax warm (s)", lambda r: seconds(r["wwjax_warm_s"])),
         ("bare Gram+eigvalsh warm (s)", lambda r: seconds(r["bare_gram_s"])),
         ("bare SVD warm (s)", lambda r: seconds(r["bare_svd_s"])),
-        ("WW cold / wwjax cold", lambda r: ratio(get(r, "ww_cold_s"), r["wwjax_cold_s"])),
-        ("WW warm / wwjax warm", lambda r: ratio(get(r, "ww_warm_s"), r["wwjax_warm_s"])),
+        ("WW cold / wwjax cold", lambda r: ratio(r.get("ww_cold_s"), r["wwjax_cold_s"])),
+        ("WW warm / wwjax warm", lambda r: ratio(r.get("ww_warm_s"), r["wwjax_warm_s"])),
         ("wwjax warm / bare Gram warm", lambda r: ratio(r["wwjax_warm_s"], r["bare_gram_s"])),
         ("layers analysed (WW / wwjax)", lambda r: parity_cells(r.get("parity"))[0]),
         ("max |alpha diff| vs WW", lambda r: parity_cells(r.get("parity"))[1]),
     ]
     names = list(results)
-    cells = [[label] + [fmt(results[n]) for n in names] for label, fmt in rows]
-    widths = [max(len(row[i]) for row in cells + [[""] + names]) for i in range(len(names) + 1)]
-    line = lambda row: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))  # noqa: E731
-    print(line([""] + names))
-    print(line(["-" * w for w in widths]))
-    for row in cells:
-        print(line(row))
+    print_table([""] + names, [[label] + [cell(results[n]) for n in names] for label, cell in rows])
     for name, r in results.items():
         p = r.get("parity")
         if p and p["worst_layer"]:
@@ -431,13 +425,26 @@ def print_report(env: dict, results: dict[str, dict], ww_python: str | None) -> 
             print(f"{name}: only WW analysed {p['only_ww']}; only wwjax analysed {p['only_wwjax']}")
 
 
+def print_table(header: list[str], rows: list[list[str]]) -> None:
+    """Left-aligned first column, right-aligned figures."""
+    widths = [max(len(row[i]) for row in [header] + rows) for i in range(len(header))]
+
+    def line(row):
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+
+    print(line(header))
+    print(line(["-" * w for w in widths]))
+    for row in rows:
+        print(line(row))
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Main
 # ----------------------------------------------------------------------------------------------------------------
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ww-python", metavar="PATH",
                         help="interpreter with weightwatcher and torch (default: this one, if it has them)")
     parser.add_argument("--models", default="transformer,minilm",

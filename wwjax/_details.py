@@ -69,9 +69,11 @@ def _warning(alpha: float) -> str:
 
 def _analysed_rows(node: _results.LayerMetrics) -> list[dict]:
     arrays = {name: np.asarray(getattr(node, name)) for name in _results.METRIC_FIELDS if name != "esd"}
+    extra = {name: np.asarray(v) for name, v in node.extra.items() if np.ndim(v) == 1}
     rows = []
     for r in range(len(node.layer_index)):
         row = {name: values[r].item() for name, values in arrays.items()}
+        row.update({name: values[r].item() for name, values in extra.items()})
         code = row.pop("status_code")
         row.update(
             path=node.path,
@@ -130,8 +132,17 @@ def details(result) -> pd.DataFrame:
         columns.insert(1, "layer_index")
     if any(r.get("slice_id") is not None for r in records):
         columns.insert(1 + ("layer_index" in columns), "slice_id")
+    # Optional columns (LayerMetrics.extra) follow the default ones, in the order they first appear.
+    int_columns = list(_INT_COLUMNS)
+    for node in _results.iter_nodes(result):
+        if isinstance(node, _results.LayerMetrics):
+            for k, v in node.extra.items():
+                if np.ndim(v) == 1 and k not in columns:
+                    columns.append(k)
+                    if jnp.issubdtype(v.dtype, jnp.integer):
+                        int_columns.append(k)
     frame = pd.DataFrame.from_records(records, columns=columns)
-    for name in _INT_COLUMNS:
+    for name in int_columns:
         if name in frame:
             frame[name] = frame[name].astype("Int64")
     return frame

@@ -89,6 +89,9 @@ class LayerMetrics:
     num_evals: int = dataclasses.field(metadata=dict(static=True))
     layer_index: tuple = dataclasses.field(metadata=dict(static=True))  # per row: stacked-layer index or None
     slice_id: tuple = dataclasses.field(metadata=dict(static=True))  # per row: kernel position or None (pooled)
+    # Optional columns (randomized ESD, MP fit, …): ``{column name: (rows,) array}``, shown by ``details`` after
+    # the default columns in insertion order. Arrays with more axes (e.g. eigenvectors) are kept but not tabled.
+    extra: dict = dataclasses.field(default_factory=dict)
 
     @property
     def spectral_norm(self) -> Float[Array, " rows"]:

@@ -1,6 +1,9 @@
 """wwjax: WeightWatcher's spectral diagnostics of trained weights, native to JAX and Flax."""
 
 from wwjax._analyze import analyze as analyze
+from wwjax._compilation import CompilationCount as CompilationCount
+from wwjax._compilation import count_compilations as count_compilations
+from wwjax._compilation import enable_compilation_cache as enable_compilation_cache
 from wwjax._details import details as details
 from wwjax._details import summary as summary
 from wwjax._layout import MatrixView as MatrixView
@@ -13,11 +16,14 @@ from wwjax._safetensors import load_safetensors as load_safetensors
 __version__ = "0.1.0"
 
 __all__ = (
+    "CompilationCount",
     "LayerMetrics",
     "MatrixView",
     "SkippedLeaf",
     "analyze",
+    "count_compilations",
     "details",
+    "enable_compilation_cache",
     "fit_power_law",
     "load_safetensors",
     "path_matches",

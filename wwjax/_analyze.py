@@ -18,18 +18,14 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from wwjax import _results
-from wwjax._layout import LeafInfo, MatrixShape, MatrixView, as_matrices, classify_leaf, matrix_shape
+from wwjax import _engine, _results
+from wwjax._layout import LeafInfo, MatrixShape, MatrixView, classify_leaf, matrix_shape
 from wwjax._layout import skip_reason_for_dtype
-from wwjax._metrics import norm_metrics
 from wwjax._options import AnalyzeOptions, layer_selected, make_options
-from wwjax._powerlaw import fit_power_law
-from wwjax._spectra import compute_dtype, rank_tolerance, resolve_method, slice_spectra
+from wwjax._spectra import compute_dtype, rank_tolerance, resolve_method
 from wwjax._tree import flatten_params
 
 _CONV_TYPES = ("conv1d", "conv2d", "conv3d")
-# Elements of the (rows × candidates × eigenvalues) KS reduction materialised at once.
-_KS_BLOCK_ELEMENTS = 1 << 23
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +48,13 @@ def _size_skip(planned: _PlannedLeaf, opts: AnalyzeOptions) -> str | None:
         return f"{n} eigenvalues > max_evals={opts.max_evals} (raise max_evals to analyse it)"
     if planned.shape.N > opts.max_N:
         return f"N={planned.shape.N} > max_N={opts.max_N} (raise max_N to analyse it)"
+    if opts.max_bucket_bytes is not None and resolve_method(opts.svd_method) == "svd":
+        itemsize = jnp.dtype(compute_dtype(None)).itemsize
+        needed = _engine.bytes_per_matrix(planned.shape.N, planned.shape.M, "svd", itemsize)
+        if needed > opts.max_bucket_bytes:
+            return (f"one {planned.shape.N}x{planned.shape.M} matrix needs {needed} bytes > max_bucket_bytes="
+                    f"{opts.max_bucket_bytes} with svd_method={opts.svd_method!r} (use svd_method='fast', whose "
+                    f"Gram is accumulated blockwise, or raise max_bucket_bytes)")
     return None
 
 
@@ -83,164 +86,21 @@ def plan(leaves: list[tuple[LeafInfo, Any, str | None]], opts: AnalyzeOptions) -
     return planned
 
 
-@dataclasses.dataclass(frozen=True)
-class _ComputeSpec:
-    """Everything the jitted computation needs to know statically (hashable: it keys the compilation cache)."""
-
-    leaves: tuple[_PlannedLeaf, ...]
-    method: str
-    pool: bool
-    conv2d_norm: bool
-    num_clipped: int
-    tolerance: float
-
-
-def _conv_scale(leaf: _PlannedLeaf, opts: _ComputeSpec) -> float:
+def _conv_scale(leaf: _PlannedLeaf, opts: AnalyzeOptions) -> float:
     """WeightWatcher's ``conv2d_norm``: conv eigenvalues × 1/2 when pooled, × rf/2 per kernel position."""
     if not opts.conv2d_norm or leaf.view.layer_type not in _CONV_TYPES:
         return 1.0
     return 0.5 if opts.pool else leaf.shape.num_slices / 2.0
 
 
-@functools.partial(jax.jit, static_argnames=("view", "dtype"))
-def _leaf_matrices(value, view: MatrixView, dtype):
-    """A leaf as ``(L·K, N, M)`` matrices in the compute dtype, and which of its ``(L, K)`` matrices are finite."""
-    mats = as_matrices(value.astype(dtype), view)
-    ok = jnp.all(jnp.isfinite(mats), axis=(-2, -1))
-    # Non-finite matrices are zeroed for the solver (LAPACK misbehaves on NaN); their rows are marked failed.
-    mats = jnp.where(ok[..., None, None], mats, 0.0)
-    return mats.reshape(-1, *mats.shape[-2:]), ok
-
-
-@functools.partial(jax.jit, static_argnames=("shape", "scale", "pool"))
-def _leaf_rows(evals, rank, ok, *, shape: MatrixShape, scale: float, pool: bool):
-    """Per-matrix spectra of one leaf → its rows: pooled over kernel positions, or one row per position."""
-    L, K, m = shape.num_layers, shape.num_slices, shape.M
-    evals = evals.reshape(L, K, m) * scale
-    rank_loss = (m - rank).reshape(L, K)
-    if pool:
-        return jnp.sort(evals.reshape(L, K * m), axis=-1), rank_loss.sum(-1), ok.all(-1)
-    return evals.reshape(L * K, m), rank_loss.reshape(-1), ok.reshape(-1)
-
-
-def _row_spectra(leaves, values, method: str, dtype, opts: _ComputeSpec):
-    """Eigen-solves bucketed by matrix shape; returns per leaf ``(evals (rows, n), rank_loss, finite)``."""
-    buckets: dict[tuple[int, int], list[int]] = defaultdict(list)
-    stacks, finite = [], []
-    for i, (leaf, value) in enumerate(zip(leaves, values)):
-        mats, ok = _leaf_matrices(value, leaf.view, dtype)
-        stacks.append(mats)
-        finite.append(ok)
-        buckets[mats.shape[-2:]].append(i)
-
-    per_leaf = [None] * len(leaves)
-    for (n, m), members in buckets.items():
-        batch = jnp.concatenate([stacks[i] for i in members]) if len(members) > 1 else stacks[members[0]]
-        spectra = slice_spectra(batch, method=method)
-        offset = 0
-        for i in members:
-            count = stacks[i].shape[0]
-            per_leaf[i] = (spectra.evals[offset : offset + count], spectra.rank[offset : offset + count])
-            offset += count
-
-    return [
-        _leaf_rows(evals, rank, ok, shape=leaf.shape, scale=_conv_scale(leaf, opts), pool=opts.pool)
-        for leaf, (evals, rank), ok in zip(leaves, per_leaf, finite)
-    ]
-
-
-@functools.partial(jax.jit, static_argnames=("num_clipped", "tolerance", "block"))
-def _fit_rows(evals, num_valid, rank_tol, finite, *, num_clipped: int, tolerance: float, block: int) -> dict:
-    """Power-law fit and norm metrics of every row of ``evals (rows, n)`` (zero-padded in front), vmapped."""
-
-    def one_row(ev, valid, tol, ok):
-        fit = fit_power_law(ev, num_clipped, ev[-1] * tol, block=block)
-        nan = jnp.array(jnp.nan, ev.dtype)
-        fitted = fit.ok & ok
-        alpha = jnp.where(fitted, fit.alpha, nan)
-        norms = norm_metrics(ev, alpha, rank_tolerance=tol, tolerance=tolerance, num_valid=valid)
-        status = jnp.where(
-            ~ok,
-            _results.STATUS_NON_FINITE,
-            jnp.where(fit.ok, _results.STATUS_SUCCESS, _results.STATUS_FIT_FAILED),
-        )
-        out = dict(norms._asdict())
-        out.update(
-            alpha=alpha,
-            D=jnp.where(fitted, fit.D, nan),
-            sigma=jnp.where(fitted, fit.sigma, nan),
-            xmin=jnp.where(fitted, fit.xmin, nan),
-            xmax=jnp.where(fitted, fit.xmax, nan),
-            num_pl_spikes=jnp.where(fitted, fit.num_pl_spikes, -1),
-        )
-        # A non-finite matrix was solved as zeros: none of its numbers mean anything.
-        out = {k: jnp.where(ok, v, _missing(v)) for k, v in out.items()}
-        out["status_code"] = status
-        return out
-
-    return jax.vmap(one_row)(evals, num_valid, rank_tol, finite)
-
-
-def _missing(value):
-    return jnp.nan if jnp.issubdtype(value.dtype, jnp.floating) else -1
-
-
-def _padded_size(n: int, minimum: int = 8) -> int:
-    """Rounds up to a power of two so that few ESD lengths (and few compilations) occur."""
-    return max(minimum, 1 << (n - 1).bit_length())
-
-
-def _row_metrics(leaves, rows, method: str, dtype, opts: _ComputeSpec) -> list[dict]:
-    """Fits every row. Rows are zero-padded in front to a power-of-two length and grouped across leaves, so that
-    one vmapped call (one compilation) serves all rows of similar length."""
-    groups: dict[int, list[int]] = defaultdict(list)
-    for i, (evals, _, _) in enumerate(rows):
-        groups[_padded_size(evals.shape[-1])].append(i)
-    out = [None] * len(leaves)
-    for n_pad, members in groups.items():
-        counts = [rows[i][0].shape[0] for i in members]
-        r_pad = _padded_size(sum(counts), minimum=1) - sum(counts)
-        evals = jnp.concatenate(
-            [jnp.pad(rows[i][0], ((0, 0), (n_pad - rows[i][0].shape[1], 0))) for i in members]
-            + [jnp.zeros((r_pad, n_pad), dtype)]
-        )
-        num_valid = jnp.concatenate(
-            [jnp.full(c, rows[i][0].shape[1]) for i, c in zip(members, counts)] + [jnp.full(r_pad, n_pad)]
-        )
-        finite = jnp.concatenate([rows[i][2] for i in members] + [jnp.ones(r_pad, bool)])
-        tol = jnp.concatenate(
-            [jnp.full(c, rank_tolerance(method, leaves[i].shape.N, leaves[i].shape.M, dtype), dtype)
-             for i, c in zip(members, counts)]
-            + [jnp.ones(r_pad, dtype)]
-        )
-        block = max(1, min(n_pad, _KS_BLOCK_ELEMENTS // (evals.shape[0] * n_pad)))
-        metrics = _fit_rows(
-            evals, num_valid, tol, finite, num_clipped=opts.num_clipped, tolerance=float(opts.tolerance), block=block
-        )
-        offset = 0
-        for i, count in zip(members, counts):
-            out[i] = {k: v[offset : offset + count] for k, v in metrics.items()}
-            if opts.num_clipped > rows[i][0].shape[1] / 2:  # WeightWatcher still fits here; we refuse and say why
-                out[i] = _mark_failed(out[i], _results.STATUS_XMAX_TOO_LARGE)
-            out[i]["rank_loss"] = rows[i][1]
-            out[i]["esd"] = rows[i][0]
-            offset += count
-    return out
-
-
-def _mark_failed(metrics: dict, code: int) -> dict:
-    fit_columns = ("alpha", "alpha_weighted", "D", "xmin", "xmax", "sigma", "log_alpha_norm")
-    metrics = {k: (jnp.full_like(v, jnp.nan) if k in fit_columns else v) for k, v in metrics.items()}
-    metrics["num_pl_spikes"] = jnp.full_like(metrics["num_pl_spikes"], -1)
-    metrics["status_code"] = jnp.full_like(metrics["status_code"], code)
-    return metrics
-
-
-def _compute(values: tuple, spec: _ComputeSpec) -> list[dict]:
-    """Steps 2-5 for all analysed leaves: jitted per leaf shape, per bucket and per padded ESD length."""
-    dtype = compute_dtype(None)
-    rows = _row_spectra(spec.leaves, values, spec.method, dtype, spec)
-    return _row_metrics(spec.leaves, rows, spec.method, dtype, spec)
+def _engine_plan(leaf: _PlannedLeaf, opts: AnalyzeOptions, method: str, dtype) -> _engine.LeafPlan:
+    return _engine.LeafPlan(
+        view=leaf.view,
+        shape=leaf.shape,
+        pool=opts.pool,
+        scale=_conv_scale(leaf, opts),
+        rank_tol=rank_tolerance(method, leaf.shape.N, leaf.shape.M, dtype),
+    )
 
 
 def _row_labels(leaf: _PlannedLeaf) -> tuple[tuple, tuple]:
@@ -279,6 +139,10 @@ def analyze(params, **options):
       views: ``{path pattern: MatrixView}`` or a callable ``(path, shape) -> MatrixView | None`` for leaves the
         Flax rules cannot read (an Einsum kernel, a fused QKV).
       stacked: path patterns of leaves whose leading axis is a stack of layers (``nn.scan``, ``nnx.vmap``).
+      max_bucket_bytes: at most this many bytes materialised per batched solve (converted matrices + their Grams);
+        a matrix over it alone has its Gram accumulated over blocks of rows. None: no limit.
+      mesh: a ``jax.sharding.Mesh``: every batch of matrices (and of rows to fit) is split over all its devices;
+        the metrics come back replicated. Works on params that are already sharded global arrays, multi-host too.
 
     Returns:
       A nested dict keyed like ``params`` whose nodes are :class:`LayerMetrics` (analysed) or :class:`SkippedLeaf`.
@@ -300,16 +164,18 @@ def analyze(params, **options):
     analysed = [(p, value) for p, (_, value, _) in zip(planned, leaves) if isinstance(p, _PlannedLeaf)]
     nodes: dict[str, Any] = {}
     if analysed:
-        spec = _ComputeSpec(
-            leaves=tuple(p for p, _ in analysed),
-            method=resolve_method(opts.svd_method),
-            pool=opts.pool,
-            conv2d_norm=opts.conv2d_norm,
+        method, dtype = resolve_method(opts.svd_method), compute_dtype(None)
+        metrics = _engine.compute(
+            [jnp.asarray(v) for _, v in analysed],
+            [_engine_plan(p, opts, method, dtype) for p, _ in analysed],
+            method=method,
+            dtype=dtype,
             num_clipped=opts.num_clipped,
             tolerance=float(opts.tolerance),
+            max_bucket_bytes=opts.max_bucket_bytes,
+            mesh=opts.mesh,
         )
-        metrics = _compute(tuple(jnp.asarray(v) for _, v in analysed), spec)
-        for leaf, m in zip(spec.leaves, metrics):
+        for leaf, m in zip((p for p, _ in analysed), metrics):
             layer_index, slice_id = _row_labels(leaf)
             nodes[leaf.info.path] = _results.LayerMetrics(
                 **m,

@@ -6,6 +6,8 @@ import dataclasses
 import difflib
 from collections.abc import Callable, Mapping, Sequence
 
+from jax.sharding import Mesh
+
 from wwjax._layout import LAYER_TYPES, MatrixView
 from wwjax._spectra import SVD_METHODS
 
@@ -25,6 +27,9 @@ class AnalyzeOptions:
     tolerance: float = 1e-6
     views: Mapping[str, MatrixView] | Callable | None = None
     stacked: tuple[str, ...] = ()
+    # Scale (not in WeightWatcher): bytes one bucket may materialise, and the device mesh to spread buckets over.
+    max_bucket_bytes: int | None = None
+    mesh: Mesh | None = None
 
     @property
     def num_clipped(self) -> int:
@@ -94,6 +99,10 @@ def make_options(**kwargs) -> AnalyzeOptions:
             isinstance(k, str) and isinstance(v, MatrixView) for k, v in views.items()
         ):
             raise TypeError("views must map path patterns to wwjax.MatrixView, or be a callable (path, shape) -> view")
+    if opts.max_bucket_bytes is not None:
+        _check_int("max_bucket_bytes", opts.max_bucket_bytes, 1)
+    if opts.mesh is not None and not isinstance(opts.mesh, Mesh):
+        raise TypeError(f"mesh must be a jax.sharding.Mesh (e.g. jax.make_mesh((8,), ('batch',))), got {opts.mesh!r}")
     layers = _as_patterns(opts.layers, "layers")
     return dataclasses.replace(opts, layers=layers, stacked=_as_patterns(opts.stacked, "stacked"))
 

@@ -1,0 +1,66 @@
+"""Compilation bookkeeping for large or repeated analyses: count XLA compilations, keep them across processes.
+
+An analysis compiles one program per shape bucket and one per fit group (see ``docs/scaling.md``); scanning many
+checkpoints of one model reuses them all. Across processes, JAX's persistent compilation cache keeps them on disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+from collections.abc import Iterator
+
+import jax
+from jax import monitoring
+
+_BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
+
+
+@dataclasses.dataclass
+class CompilationCount:
+    """How many XLA programs were compiled inside :func:`count_compilations`, and the seconds it took."""
+
+    count: int = 0
+    seconds: float = 0.0
+
+
+@contextlib.contextmanager
+def count_compilations() -> Iterator[CompilationCount]:
+    """Counts the XLA compilations (cache misses) made inside the ``with`` block.
+
+    Example:
+      >>> import numpy as np, wwjax
+      >>> params = {"kernel": np.random.default_rng(0).normal(size=(48, 40)).astype("float32")}
+      >>> with wwjax.count_compilations() as compiled:
+      ...     _ = wwjax.analyze(params)
+      >>> with wwjax.count_compilations() as again:
+      ...     _ = wwjax.analyze(params)  # the same shapes: every program is reused
+      >>> again.count
+      0
+    """
+    counter = CompilationCount()
+
+    def listener(event: str, duration: float, **_) -> None:
+        if event == _BACKEND_COMPILE:
+            counter.count += 1
+            counter.seconds += duration
+
+    monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield counter
+    finally:
+        monitoring.unregister_event_duration_listener(listener)
+
+
+def enable_compilation_cache(directory: str | os.PathLike, min_compile_seconds: float = 0.0) -> None:
+    """Keeps compiled programs in ``directory`` (JAX's persistent cache), so a new process analysing the same shapes
+    skips compilation. ``min_compile_seconds`` (JAX's default is 1 s) also keeps the quick ones.
+
+    Example:
+      >>> import wwjax
+      >>> wwjax.enable_compilation_cache("~/.cache/wwjax-xla")  # doctest: +SKIP
+    """
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(os.fspath(directory)))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_seconds)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

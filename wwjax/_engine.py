@@ -82,8 +82,9 @@ class Bucket:
 
 
 def bytes_per_matrix(N: int, M: int, method: str, itemsize: int) -> int:  # noqa: N803
-    """What solving one ``(N, M)`` matrix materialises: its converted copy plus its Gram (or SVD workspace)."""
-    return (N * M + (M * M if method == "gram" else N * M)) * itemsize
+    """What solving one ``(N, M)`` matrix materialises: its converted copy plus its Gram and the eigen-solver's
+    workspace (about one more ``M × M``), or the SVD's workspace (about one more ``N × M``)."""
+    return (N * M + (2 * M * M if method == "gram" else N * M)) * itemsize
 
 
 def plan_buckets(
@@ -96,7 +97,7 @@ def plan_buckets(
       >>> dense = LeafPlan(MatrixView((0,), (1,)), MatrixShape(1, 1, 64, 32))
       >>> [len(b.pieces) for b in plan_buckets([dense, dense], "gram", 4)]
       [2]
-      >>> [b.block_rows for b in plan_buckets([dense], "gram", 4, max_bucket_bytes=8192)]  # 64x32 needs 12 KiB
+      >>> [b.block_rows for b in plan_buckets([dense], "gram", 4, max_bucket_bytes=12288)]  # 64x32 needs 16 KiB
       [32]
     """
     groups: dict[tuple[int, int], list[int]] = defaultdict(list)
@@ -107,7 +108,7 @@ def plan_buckets(
         per_matrix = bytes_per_matrix(n, m, method, itemsize)
         if max_bucket_bytes is not None and per_matrix > max_bucket_bytes:
             # Too big even alone: one bucket per matrix, its Gram accumulated over row blocks that fit the budget.
-            rows = max(1, (max_bucket_bytes // itemsize - m * m) // m)
+            rows = max(1, (max_bucket_bytes // itemsize - 2 * m * m) // m)
             block_rows = min(n, max(8, rows))
             buckets += [Bucket(n, m, (Piece(i, k, k + 1),), block_rows) for i in members
                         for k in range(leaves[i].num_matrices)]
@@ -267,11 +268,11 @@ def _mark_failed(metrics: dict, code: int) -> dict:
 
 
 @functools.partial(
-    jax.jit, static_argnames=("leaves", "part_slices", "num_clipped", "tolerance", "dtype", "mesh")
+    jax.jit, static_argnames=("leaves", "part_slices", "num_clipped", "tolerance", "dtype", "mesh", "ks_elements")
 )
 def fit_group(
     parts: tuple, *, leaves: tuple[LeafPlan, ...], part_slices: tuple, num_clipped: int, tolerance: float, dtype,
-    mesh=None,
+    mesh=None, ks_elements: int = _KS_BLOCK_ELEMENTS,
 ) -> list[dict]:
     """Fits every row of a group of leaves whose ESDs pad to the same length, in one vmapped call.
 
@@ -300,7 +301,7 @@ def fit_group(
     tol = jnp.concatenate([jnp.full(c, leaf.rank_tol, dtype) for c, leaf in zip(counts, leaves)]
                           + [jnp.ones(r_pad, dtype)])
     per_device = total // (mesh.size if mesh is not None else 1)
-    block = max(1, min(n_pad, _KS_BLOCK_ELEMENTS // (per_device * n_pad)))
+    block = max(1, min(n_pad, ks_elements // (per_device * n_pad)))
     fit = lambda *a: _fit_rows(*a, num_clipped=num_clipped, tolerance=tolerance, block=block)  # noqa: E731
     if mesh is not None:
         fit = jax.shard_map(fit, mesh=mesh, in_specs=_batch_spec(mesh), out_specs=_batch_spec(mesh))
@@ -325,6 +326,9 @@ def compute(
 ) -> list[dict]:
     """Stages 2–5 for all analysed leaves: per-row metrics of each leaf (see :func:`fit_group`)."""
     itemsize = jnp.dtype(dtype).itemsize
+    # The KS reduction of the fits materialises (rows × block × n) at once: a quarter of the budget at most.
+    ks_elements = _KS_BLOCK_ELEMENTS if max_bucket_bytes is None else max(1, min(
+        _KS_BLOCK_ELEMENTS, max_bucket_bytes // (4 * itemsize)))
     if mesh is not None:
         # Auto axes: the partitioner places the reshuffles between a weight's own sharding and the batch layout.
         mesh = Mesh(mesh.devices, mesh.axis_names, axis_types=(AxisType.Auto,) * len(mesh.axis_names))
@@ -351,7 +355,7 @@ def compute(
             tuple(tuple((ev, rk, ok) for _, ev, rk, ok, _, _ in parts) for parts in ordered),
             leaves=tuple(leaves[i] for i in members),
             part_slices=tuple(tuple((o, c) for *_, o, c in parts) for parts in ordered),
-            num_clipped=num_clipped, tolerance=tolerance, dtype=dtype, mesh=mesh,
+            num_clipped=num_clipped, tolerance=tolerance, dtype=dtype, mesh=mesh, ks_elements=ks_elements,
         )
         for i, m in zip(members, metrics):
             out[i] = m

@@ -73,13 +73,15 @@ for path, value in flat.items():
         node = node.setdefault(key, {})
     node[leaf] = value
 
-start = time.perf_counter()
-result = wwjax.analyze(params)
-jax.block_until_ready(result)
-seconds = time.perf_counter() - start
+with wwjax.count_compilations() as compiled:
+    start = time.perf_counter()
+    result = wwjax.analyze(params)
+    jax.block_until_ready(result)
+    seconds = time.perf_counter() - start
 
 table = wwjax.details(result)
-print(json.dumps({"seconds": seconds, "layers": int((table["status"] != "skipped").sum())}))
+print(json.dumps({"seconds": seconds, "layers": int((table["status"] != "skipped").sum()),
+                  "compilations": compiled.count}))
 """
 
 # Run in a fresh process of --ww-python: argv[1] is a .npz of PyTorch state-dict entries ('<module>.weight').
@@ -322,6 +324,7 @@ def benchmark_model(name: str, params: dict, ww_python: str | None, repeats: int
     cold = run_child(sys.executable, WWJAX_COLD_CHILD, flax_npz, workdir)
     flax_npz.unlink()
     figures["wwjax_cold_s"] = cold["seconds"]
+    figures["wwjax_compilations"] = cold["compilations"]
 
     ww_alpha = None
     if ww_python:
@@ -406,6 +409,7 @@ def print_report(env: dict, results: dict[str, dict], ww_python: str | None) -> 
         ("WeightWatcher cold (s)", lambda r: seconds(r.get("ww_cold_s"))),
         ("WeightWatcher warm (s)", lambda r: seconds(r.get("ww_warm_s"))),
         ("wwjax cold (s)", lambda r: seconds(r["wwjax_cold_s"])),
+        ("wwjax compilations (cold)", lambda r: str(r["wwjax_compilations"])),
         ("wwjax warm (s)", lambda r: seconds(r["wwjax_warm_s"])),
         ("bare Gram+eigvalsh warm (s)", lambda r: seconds(r["bare_gram_s"])),
         ("bare SVD warm (s)", lambda r: seconds(r["bare_svd_s"])),

@@ -152,3 +152,27 @@ def test_a_transformer_compiles_once_per_bucket_and_fit_group():
     with wwjax.count_compilations() as again:
         wwjax.analyze(params)
     assert again.count == 0
+
+
+CACHED_CHILD = """
+import sys, numpy as np, wwjax
+wwjax.enable_compilation_cache(sys.argv[1])
+rng = np.random.default_rng(0)
+params = {f"Dense_{i}": {"kernel": rng.standard_normal((48, 40)).astype("float32")} for i in range(3)}
+with wwjax.count_compilations() as compiled:
+    wwjax.details(wwjax.analyze(params))
+print(compiled.count, compiled.cache_hits)
+"""
+
+
+def test_the_persistent_cache_spares_a_new_process_the_compilations(tmp_path):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    counts = [
+        subprocess.run([sys.executable, "-c", CACHED_CHILD, str(tmp_path)], env=env, check=True, timeout=300,
+                       capture_output=True, text=True).stdout.split()[-2:]
+        for _ in range(2)
+    ]
+    (compiled, hits), (compiled_again, hits_again) = [[int(x) for x in c] for c in counts]
+    assert compiled >= 2 and hits == 0, counts
+    assert compiled_again == 0 and hits_again == compiled, counts
+    assert any(tmp_path.iterdir())

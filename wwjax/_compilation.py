@@ -14,14 +14,17 @@ from collections.abc import Iterator
 import jax
 from jax import monitoring
 
-_BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
+_BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"  # fires for compiled and cache-loaded programs
+_CACHE_HIT = "/jax/compilation_cache/cache_hits"
 
 
 @dataclasses.dataclass
 class CompilationCount:
-    """How many XLA programs were compiled inside :func:`count_compilations`, and the seconds it took."""
+    """XLA programs compiled inside :func:`count_compilations` (``count``, excluding those loaded from the persistent
+    cache, which are ``cache_hits``), and the seconds spent compiling or loading them."""
 
     count: int = 0
+    cache_hits: int = 0
     seconds: float = 0.0
 
 
@@ -41,16 +44,23 @@ def count_compilations() -> Iterator[CompilationCount]:
     """
     counter = CompilationCount()
 
-    def listener(event: str, duration: float, **_) -> None:
+    def on_duration(event: str, duration: float, **_) -> None:
         if event == _BACKEND_COMPILE:
             counter.count += 1
             counter.seconds += duration
 
-    monitoring.register_event_duration_secs_listener(listener)
+    def on_event(event: str, **_) -> None:
+        if event == _CACHE_HIT:
+            counter.cache_hits += 1
+            counter.count -= 1
+
+    monitoring.register_event_duration_secs_listener(on_duration)
+    monitoring.register_event_listener(on_event)
     try:
         yield counter
     finally:
-        monitoring.unregister_event_duration_listener(listener)
+        monitoring.unregister_event_duration_listener(on_duration)
+        monitoring.unregister_event_listener(on_event)
 
 
 def enable_compilation_cache(directory: str | os.PathLike, min_compile_seconds: float = 0.0) -> None:

@@ -32,7 +32,7 @@ METRICS = ("log_spectral_norm", "alpha", "alpha_weighted", "log_alpha_norm")
 LABELS = dict(log_spectral_norm="mean log spectral norm", alpha="mean α", alpha_weighted="mean α-weighted",
               log_alpha_norm="mean log α-norm")
 FULL = dict(depths=(1, 2, 3, 4), batch_sizes=(16, 64, 256), weight_decays=(0.0, 1e-3), epochs=20)
-QUICK = dict(depths=(1, 3), batch_sizes=(16, 256), weight_decays=(0.0,), epochs=6)
+QUICK = dict(depths=(1, 2), batch_sizes=(16, 256), weight_decays=(0.0,), epochs=6)
 
 
 def run_grid(depths, batch_sizes, weight_decays, epochs: int, width: int = 256, seed: int = 0) -> pd.DataFrame:

@@ -80,7 +80,7 @@ def plot(runs: pd.DataFrame, rho: pd.DataFrame, path: pathlib.Path) -> None:
     right.set_ylabel("test accuracy")
     right.set_title(f"test accuracy against mean α (Spearman ρ = {r:.2f})")
     fig.colorbar(sc, ax=right, label="log2 batch size")
-    right.legend(loc="upper right")
+    right.legend(loc="center left")
     fig.suptitle("Experiment 1: MLP on digits, same epochs, varying batch size and weight decay")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -57,6 +57,13 @@ class LayerMetrics:
 
     Arrays have a leading row axis of length ``len(layer_index)``; ``esd`` is ``(rows, num_evals)``, ascending.
     Failed rows hold NaN in every α-based column (see ``status_code``).
+
+    Example:
+      >>> import numpy as np, wwjax
+      >>> kernel = np.random.default_rng(0).standard_t(3, size=(200, 100)).astype("float32")
+      >>> node = wwjax.analyze({"dense": {"kernel": kernel}})["dense"]["kernel"]
+      >>> node.layer_type, node.N, node.M, node.alpha.shape, node.esd.shape
+      ('dense', 200, 100, (1,), (1, 100))
     """
 
     alpha: Float[Array, " rows"]
@@ -102,7 +109,14 @@ class LayerMetrics:
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class SkippedLeaf:
-    """A parameter leaf that was not analysed, and why."""
+    """A parameter leaf that was not analysed, and why.
+
+    Example:
+      >>> import numpy as np, wwjax
+      >>> skipped = wwjax.analyze({"norm": {"scale": np.ones(64)}})["norm"]["scale"]
+      >>> skipped.path, skipped.shape, skipped.reason
+      ('norm/scale', (64,), 'normalization scale')
+    """
 
     path: str = dataclasses.field(metadata=dict(static=True))
     reason: str = dataclasses.field(metadata=dict(static=True))

@@ -86,9 +86,17 @@ def load_safetensors(path: str | os.PathLike, layout: str = "flax") -> dict:
         (``weight`` → ``kernel``/``embedding``/``scale``); ``raw`` keeps the file's flat names and layouts.
 
     Example:
-      >>> params = load_safetensors("model.safetensors")  # doctest: +SKIP
-      >>> params["encoder"]["layer"]["0"]["attention"]["self"]["query"]["kernel"].shape  # doctest: +SKIP
-      (384, 384)
+      A one-layer file written by hand (PyTorch's ``Linear(3, 2)`` stores its weight as ``(out, in)``):
+
+      >>> import json, os, struct, tempfile
+      >>> import numpy as np
+      >>> weight = np.arange(6, dtype=np.float32).reshape(2, 3)
+      >>> header = json.dumps({"fc.weight": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]}}).encode()
+      >>> path = os.path.join(tempfile.mkdtemp(), "model.safetensors")
+      >>> with open(path, "wb") as f:
+      ...     _ = f.write(struct.pack("<Q", len(header)) + header + weight.tobytes())
+      >>> load_safetensors(path)["fc"]["kernel"].shape  # Flax's (in, out)
+      (3, 2)
     """
     tensors = read_safetensors(path)
     if layout == "raw":

@@ -2,6 +2,7 @@
 
 from wwjax._analyze import analyze as analyze
 from wwjax._details import details as details
+from wwjax._distances import distances as distances
 from wwjax._details import summary as summary
 from wwjax._layout import MatrixView as MatrixView
 from wwjax._layout import path_matches as path_matches
@@ -18,6 +19,7 @@ __all__ = (
     "SkippedLeaf",
     "analyze",
     "details",
+    "distances",
     "fit_power_law",
     "load_safetensors",
     "path_matches",

@@ -1,6 +1,9 @@
 """wwjax: WeightWatcher's spectral diagnostics of trained weights, native to JAX and Flax."""
 
 from wwjax._analyze import analyze as analyze
+from wwjax._checkpoints import CheckpointScan as CheckpointScan
+from wwjax._checkpoints import analyze_checkpoint as analyze_checkpoint
+from wwjax._checkpoints import scan_checkpoints as scan_checkpoints
 from wwjax._details import details as details
 from wwjax._distances import distances as distances
 from wwjax._details import summary as summary
@@ -14,14 +17,17 @@ from wwjax._safetensors import load_safetensors as load_safetensors
 __version__ = "0.1.0"
 
 __all__ = (
+    "CheckpointScan",
     "LayerMetrics",
     "MatrixView",
     "SkippedLeaf",
     "analyze",
+    "analyze_checkpoint",
     "details",
     "distances",
     "fit_power_law",
     "load_safetensors",
     "path_matches",
+    "scan_checkpoints",
     "summary",
 )

@@ -62,10 +62,9 @@ def _train(directory, item_names=None):
     return saved
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("run")
-    return directory, _train(directory)
+@pytest.fixture
+def run(trained_run):
+    return trained_run
 
 
 def test_scan_matches_analyze_and_skips_optimizer(run, monkeypatch):

@@ -6,6 +6,7 @@ from wwjax._checkpoints import analyze_checkpoint as analyze_checkpoint
 from wwjax._checkpoints import scan_checkpoints as scan_checkpoints
 from wwjax._details import details as details
 from wwjax._distances import distances as distances
+from wwjax._formats import load_params as load_params
 from wwjax._details import summary as summary
 from wwjax._layout import MatrixView as MatrixView
 from wwjax._layout import path_matches as path_matches
@@ -26,6 +27,7 @@ __all__ = (
     "details",
     "distances",
     "fit_power_law",
+    "load_params",
     "load_safetensors",
     "path_matches",
     "scan_checkpoints",

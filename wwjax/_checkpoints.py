@@ -406,7 +406,7 @@ def analyze_checkpoint(path, step: int | None = None, item: str | None = None, *
     found_step, item_dir = _locate(path, step, item)
     table, row = _analyze_item(item_dir, analyze_options, bucket_bytes=bucket_bytes, subtree=subtree)
     table.insert(0, "step", found_step)
-    step_dir = item_dir.parent if item_dir != pathlib.Path(path) or not _is_pytree_dir(item_dir) else item_dir
+    step_dir = item_dir if item_dir == pathlib.Path(path) else item_dir.parent  # where the step's metrics live
     summary_row = dict(step=found_step, status="success", reason="", **row, **_step_metrics(step_dir))
     return _frames([table], [summary_row])
 

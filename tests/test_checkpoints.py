@@ -139,12 +139,14 @@ def test_unfinished_and_corrupt_steps_are_rows(run, tmp_path, capsys, monkeypatc
     for data in (copy / "20" / "default").rglob("*"):
         if data.is_file() and data.name not in ("_METADATA", "_CHECKPOINT_METADATA"):
             data.write_bytes(b"")  # the array data is gone
+    (copy / "logs_3").mkdir()  # a folder named like a step that Orbax did not write is not a step
+    (copy / "logs_3" / "events.txt").write_text("loss 0.1")
     monkeypatch.setattr(_checkpoints, "PROGRESS_DELAY", 0.0)
     scan = wwjax.scan_checkpoints(copy, progress=True)
     rows = scan.summary.set_index("step")
     assert rows.loc[16, "status"] == "unfinished" and "never finalised" in rows.loc[16, "reason"]
     assert rows.loc[20, "status"] == "failed" and rows.loc[20, "reason"].startswith("cannot read the step")
-    assert (rows.loc[list(STEPS), "status"] == "success").all()
+    assert (rows.loc[list(STEPS), "status"] == "success").all() and 3 not in rows.index
     assert "wwjax scan [" in capsys.readouterr().err
     wwjax.scan_checkpoints(copy, steps=[0], progress=False)
     assert capsys.readouterr().err == ""

@@ -22,8 +22,9 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 def _params(seed: int) -> dict:
     rng = np.random.default_rng(seed)
-    return {"Dense_0": {"kernel": rng.standard_t(3, (96, 48)).astype(np.float32), "bias": np.zeros(48, np.float32)},
-            "Dense_1": {"kernel": rng.standard_t(3, (48, 24)).astype(np.float32)}}
+    # The shapes of the trained run's layers, so that the compiled analysis is shared with those tests.
+    return {"Dense_0": {"kernel": rng.standard_t(3, (64, 48)).astype(np.float32), "bias": np.zeros(48, np.float32)},
+            "Dense_1": {"kernel": rng.standard_t(3, (48, 32)).astype(np.float32)}}
 
 
 def _write_safetensors(path, tensors: dict) -> None:
@@ -61,9 +62,9 @@ def test_analyze_safetensors_in_torch_layout(tmp_path, capsys):
     assert cli.main(["analyze", str(tmp_path / "model.safetensors"), "--csv", str(tmp_path / "t.csv")]) == 0
     row = pd.read_csv(tmp_path / "t.csv").set_index("path").loc["fc1/kernel"]
     expected = wwjax.details(wwjax.analyze({"fc1": {"kernel": params["Dense_0"]["kernel"]}})).iloc[0]
-    assert (row.N, row.M) == (96, 48)
+    assert (row.N, row.M) == (64, 48)
     assert row.alpha == pytest.approx(expected.alpha)
-    assert wwjax.load_params(tmp_path / "model.safetensors")["fc1"]["kernel"].shape == (96, 48)
+    assert wwjax.load_params(tmp_path / "model.safetensors")["fc1"]["kernel"].shape == (64, 48)
 
 
 def test_scan_and_analyze_orbax(trained_run, tmp_path, capsys):

@@ -5,9 +5,9 @@ from wwjax._checkpoints import CheckpointScan as CheckpointScan
 from wwjax._checkpoints import analyze_checkpoint as analyze_checkpoint
 from wwjax._checkpoints import scan_checkpoints as scan_checkpoints
 from wwjax._details import details as details
+from wwjax._details import summary as summary
 from wwjax._distances import distances as distances
 from wwjax._formats import load_params as load_params
-from wwjax._details import summary as summary
 from wwjax._layout import MatrixView as MatrixView
 from wwjax._layout import path_matches as path_matches
 from wwjax._powerlaw import fit_power_law as fit_power_law

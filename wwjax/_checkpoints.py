@@ -87,10 +87,17 @@ def list_steps(directory) -> list[_Step]:
         if match := _TMP_STEP.match(entry.name):
             step = int(match.group(1))
             found.setdefault(step, _Step(step, entry, finalized=False))
-        elif match := _STEP.match(entry.name):
+        elif (match := _STEP.match(entry.name)) and _looks_like_step(entry):
             step = int(match.group(1))
             found[step] = _Step(step, entry)
     return [found[s] for s in sorted(found)]
+
+
+def _looks_like_step(path: pathlib.Path) -> bool:
+    """Orbax wrote it: step metadata, a PyTree, or an item directory holding one (not e.g. a ``logs_2`` folder)."""
+    markers = ("_CHECKPOINT_METADATA", "_METADATA", "commit_success.txt")
+    return any((path / m).exists() for m in markers) or any(
+        (p / "_METADATA").exists() for p in path.iterdir() if p.is_dir())
 
 
 def _is_pytree_dir(path: pathlib.Path) -> bool:

@@ -126,6 +126,8 @@ def test_distance_from_init(run):
     np.testing.assert_allclose(last.relative_distance_from_init, expected.loc[last.index, "delta_W_rel"], rtol=1e-6)
     given = wwjax.scan_checkpoints(directory, steps=[12], init_params={"params": saved[0]}, progress=False)
     np.testing.assert_allclose(given.summary.distance_from_init, distance.loc[12], rtol=1e-6)
+    with pytest.raises(ValueError, match=r"steps \[13\] are not in"):
+        wwjax.scan_checkpoints(directory, steps=[12, 13], progress=False)
     with pytest.raises(ValueError, match="init_params has none of the checkpoint's paths"):
         wwjax.scan_checkpoints(directory, steps=[12], init_params=saved[0], progress=False)
 

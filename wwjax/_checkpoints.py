@@ -464,6 +464,9 @@ def scan_checkpoints(directory, steps: Sequence[int] | None = None, *, item: str
         kind = "a single checkpoint; use wwjax.analyze_checkpoint" if _is_pytree_dir(directory) else "empty"
         raise ValueError(f"{directory} has no checkpoint steps ({kind})")
     chosen = [s for s in all_steps if steps is None or s.step in set(steps)]
+    missing = sorted(set(steps or ()) - {s.step for s in all_steps})
+    if missing:
+        raise ValueError(f"steps {missing} are not in {directory} (steps: {[s.step for s in all_steps]})")
     init = None
     if init_params is not None:
         init = ("tree", _init_lookup(init_params))

@@ -105,7 +105,8 @@ def main(argv=None) -> None:
         results = []
         for mode in ("scan", "restore"):
             out = subprocess.run([sys.executable, __file__, "--bucket-mb", str(args.bucket_mb), "--rows",
-                                  str(args.rows), "--cols", str(args.cols), "--measure", mode, str(run)], capture_output=True, text=True, env=dict(os.environ), check=True)
+                                  str(args.rows), "--cols", str(args.cols), "--measure", mode, str(run)],
+                                 capture_output=True, text=True, env=dict(os.environ), check=True)
             results.append(json.loads(out.stdout.strip().splitlines()[-1]))
 
     print(f"run: {args.steps} steps × ({args.layers} kernels {args.rows}×{args.cols} float32 + Adam moments)")

@@ -31,7 +31,7 @@ from wwjax.demo import DigitsCNN, load_digits
 
 
 def train(directory: pathlib.Path, *, steps: int, every: int, train_size: int, batch_size: int = 32, seed: int = 0):
-    """Trains on ``train_size`` examples and checkpoints ``{params, opt_state, step}`` and accuracies every ``every``."""
+    """Trains on ``train_size`` examples; checkpoints ``{params, opt_state, step}`` and accuracies every ``every``."""
     (x_train, y_train), (x_test, y_test) = load_digits(seed)
     x_train, y_train = x_train[:train_size], y_train[:train_size]
     model = DigitsCNN()

@@ -129,3 +129,26 @@ def test_console_script_in_a_subprocess(tmp_path):
     expected = f"wwjax analyze: error: no such file or directory: {tmp_path / 'none'}"
     assert failed.stderr.strip().splitlines() == [expected]
     assert 'wwjax = "wwjax.cli:main"' in (ROOT / "pyproject.toml").read_text()
+
+
+def test_load_params_reads_orbax_params_only(trained_run):
+    directory, saved = trained_run
+    loaded = wwjax.load_params(directory, step=8)
+    assert set(loaded) == {"params"}  # the optimizer state and the step counter stay on disk
+    np.testing.assert_array_equal(loaded["params"]["Dense_1"]["kernel"], saved[8]["Dense_1"]["kernel"])
+    with pytest.raises(ValueError, match="apply to Orbax checkpoints only"):
+        model = directory.parent / "m.msgpack"
+        model.write_bytes(serialization.msgpack_serialize(_params(5)))
+        wwjax.load_params(model, step=3)
+
+
+def test_parquet_output_or_a_clear_line(tmp_path, capsys):
+    model = tmp_path / "m.msgpack"
+    model.write_bytes(serialization.msgpack_serialize(_params(6)))
+    status = cli.main(["analyze", str(model), "--parquet", str(tmp_path / "t.parquet")])
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        assert status == 1 and "--parquet needs pyarrow" in capsys.readouterr().err
+    else:
+        assert status == 0 and set(pd.read_parquet(tmp_path / "t.parquet").path) >= {"Dense_0/kernel"}

@@ -48,3 +48,13 @@ def golden_params() -> dict:
 def heavy_tailed(rng: np.random.Generator, shape, df: float = 3.0) -> np.ndarray:
     """Student-t entries scaled by 1/sqrt(fan-in): a weight matrix with a heavy-tailed ESD."""
     return (rng.standard_t(df, size=shape) / np.sqrt(shape[-2] if len(shape) > 1 else 1)).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """A CheckpointManager directory written by a real flax + optax training loop (steps 0, 4, 8, 12), and the
+    params saved at each step, shared by the checkpoint and command-line tests."""
+    from test_checkpoints import _train
+
+    directory = tmp_path_factory.mktemp("run")
+    return directory, _train(directory)

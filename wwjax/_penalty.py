@@ -201,17 +201,17 @@ class SpectralPenalty:
 
     def _iterate(self, params, state: SpectralPenaltyState, num_iters: int):
         planned, values = self._selected(params)
-        total = jnp.zeros((), jnp.float32)
+        total = 0.0
         new_u, new_sigma = [], []
         for leaf, value in zip(planned, values):  # a trace-time loop: each leaf has its own shapes
             previous = _lookup(state.u, leaf)
             fit = power_iteration(_matrices(leaf, value), previous, num_iters=num_iters)
             # fft: the operator norm of each layer is its largest σ over frequencies; else every matrix counts.
             squares = jnp.max(fit.sigma, axis=-1) ** 2 if leaf.fft_sizes else fit.sigma**2
-            total = total + 0.5 * jnp.sum(squares).astype(jnp.float32)
+            total = total + 0.5 * jnp.sum(squares)
             new_u.append(fit.u)
             new_sigma.append(jax.lax.stop_gradient(fit.sigma))
-        return total, _state(planned, new_u, new_sigma)
+        return jnp.asarray(total), _state(planned, new_u, new_sigma)
 
 
 def _real_dtype(value):

@@ -12,10 +12,12 @@ FFT frequencies) are iterated at once.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float, Inexact
 
 _EPSILON = 1e-12  # guards the normalisation of a zero vector (a zero matrix keeps u and reports σ = 0)
@@ -41,8 +43,9 @@ def initial_vectors(shape: tuple[int, ...], dtype=jnp.float32) -> Float[Array, "
       >>> u.shape, bool(jnp.allclose(jnp.linalg.norm(u, axis=-1), 1.0))
       ((2, 3), True)
     """
-    u = jax.random.normal(jax.random.key(_SEED), shape, dtype=jnp.float32).astype(dtype)
-    return _normalize(u)
+    # Drawn on the host from the static shape: a constant in the traced program, with nothing to compile.
+    u = np.random.default_rng(_SEED).standard_normal(shape)
+    return jnp.asarray(u / np.linalg.norm(u, axis=-1, keepdims=True), dtype=dtype)
 
 
 def _normalize(x):
@@ -58,6 +61,7 @@ def _rmatvec(matrices, u):
     return jnp.einsum("...nm,...n->...m", jnp.conj(matrices), u, precision=jax.lax.Precision.HIGHEST)
 
 
+@functools.partial(jax.jit, static_argnames=("num_iters",))
 def power_iteration(
     matrices: Inexact[Array, "*batch n m"],
     u: Inexact[Array, "*batch n"] | None = None,

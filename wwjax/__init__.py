@@ -12,6 +12,10 @@ from wwjax._safetensors import load_safetensors as load_safetensors
 
 # Training with spectra: the spectral norm penalty, power iteration, the conv operator norm.
 from wwjax._conv_operator import conv_operator_norm as conv_operator_norm
+from wwjax._monitor import SpectralMetrics as SpectralMetrics
+from wwjax._monitor import SpectralMonitorState as SpectralMonitorState
+from wwjax._monitor import monitor_spectra as monitor_spectra
+from wwjax._monitor import spectral_metrics as spectral_metrics
 from wwjax._penalty import SpectralPenalty as SpectralPenalty
 from wwjax._penalty import SpectralPenaltyState as SpectralPenaltyState
 from wwjax._penalty import add_spectral_penalty as add_spectral_penalty
@@ -33,10 +37,14 @@ __all__ = (
     "summary",
     # Training with spectra
     "PowerIteration",
+    "SpectralMetrics",
+    "SpectralMonitorState",
     "SpectralPenalty",
     "SpectralPenaltyState",
     "add_spectral_penalty",
     "conv_operator_norm",
+    "monitor_spectra",
     "power_iteration",
+    "spectral_metrics",
     "spectral_penalty",
 )

@@ -95,8 +95,11 @@ def monitor_spectra(every: int = 100, **options):
         raise ValueError(f"every must be an int >= 1, got {every!r}")
 
     def init_fn(params):
-        zero = jnp.zeros((), jnp.int32)
-        return SpectralMonitorState(count=zero, measured_at=zero, metrics=spectral_metrics(params, **options))
+        # Two separate buffers: a train step that donates the optimizer state must not see one array twice.
+        return SpectralMonitorState(
+            count=jnp.zeros((), jnp.int32), measured_at=jnp.zeros((), jnp.int32),
+            metrics=spectral_metrics(params, **options),
+        )
 
     def update_fn(updates, state, params=None):
         if params is None:

@@ -1,0 +1,123 @@
+"""Per-step cost of training with spectra: the spectral norm penalty and the in-step metrics, on a small CNN.
+
+A CIFAR-shaped CNN (32x32x3 inputs; Conv 32, Conv 64, pool, Conv 64, pool, Dense 128, Dense 10; 0.3M parameters)
+trained with Adam on random data. Each configuration's jitted step (forward, backward, optimizer update) is timed
+after a warm-up; the script prints the median step time and its ratio to the plain step:
+
+* ``plain``: Adam;
+* ``penalty (stateful)``: ``wwjax.add_spectral_penalty`` in the chain, one warm-started power iteration per step
+  (the paper's form; the issue's goal is < 10% overhead);
+* ``penalty (loss term, 20 iters)``: ``λ·wwjax.spectral_penalty(params)`` in the loss, stateless;
+* ``penalty (fft, stateful)``: the exact conv operator norm (``conv='fft'``, 32x32 grid), one iteration per step;
+* ``msn``: the same CNN built from ``wwjax.nn.linen`` MSN layers;
+* ``monitor every step``: ``wwjax.monitor_spectra(every=1)``, the worst case of the in-step metrics (with
+  ``every=k`` the cost is paid once per k steps).
+
+Run from the repository root::
+
+    python benchmarks/bench_training.py [--batch 128] [--steps 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import linen as nn
+
+import wwjax
+import wwjax.nn
+
+
+class SmallCNN(nn.Module):
+    msn: bool = False
+
+    @nn.compact
+    def __call__(self, x, train: bool = True):
+        def conv(features):
+            if self.msn:
+                return lambda x: wwjax.nn.linen.MSNConv(features, (3, 3))(x, not train)
+            return nn.Conv(features, (3, 3))
+
+        x = nn.relu(conv(32)(x))
+        x = nn.avg_pool(nn.relu(conv(64)(x)), (2, 2), (2, 2))
+        x = nn.avg_pool(nn.relu(conv(64)(x)), (2, 2), (2, 2)).reshape(x.shape[0], -1)
+        x = nn.relu(wwjax.nn.linen.MSNDense(128)(x, not train) if self.msn else nn.Dense(128)(x))
+        return nn.Dense(10)(x)
+
+
+def make_step(model, tx, loss_extra=None):
+    def step(params, stats, opt_state, x, y):
+        def loss_fn(p):
+            logits, updates = model.apply({"params": p, **stats}, x, mutable=["batch_stats"])
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+            return (loss + loss_extra(p) if loss_extra else loss), updates
+
+        (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), stats, opt_state, loss
+
+    return jax.jit(step, donate_argnums=(0, 2))
+
+
+def time_config(model, tx, x, y, steps: int, loss_extra=None) -> float:
+    variables = model.init(jax.random.key(0), x)
+    params = variables["params"]
+    stats = {k: v for k, v in variables.items() if k != "params"}
+    opt_state = tx.init(params)
+    step = make_step(model, tx, loss_extra)
+    for _ in range(3):  # compile and warm up
+        params, stats, opt_state, loss = step(params, stats, opt_state, x, y)
+    jax.block_until_ready(loss)
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        params, stats, opt_state, loss = step(params, stats, opt_state, x, y)
+        jax.block_until_ready((params, loss))
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=30)
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((args.batch, 32, 32, 3)).astype(np.float32))
+    y = jnp.asarray(rng.integers(0, 10, args.batch).astype(np.int32))
+    adam = optax.adam(1e-3)
+    configs = {
+        "plain": (SmallCNN(), adam, None),
+        "penalty (stateful)": (
+            SmallCNN(),
+            optax.chain(optax.scale_by_adam(), wwjax.add_spectral_penalty(0.01), optax.scale_by_learning_rate(1e-3)),
+            None,
+        ),
+        "penalty (loss term, 20 iters)": (SmallCNN(), adam, lambda p: 0.01 * wwjax.spectral_penalty(p)),
+        "penalty (fft, stateful)": (
+            SmallCNN(),
+            optax.chain(optax.scale_by_adam(), wwjax.add_spectral_penalty(0.01, conv="fft", input_size=32),
+                        optax.scale_by_learning_rate(1e-3)),
+            None,
+        ),
+        "msn": (SmallCNN(msn=True), adam, None),
+        "monitor every step": (SmallCNN(), optax.chain(adam, wwjax.monitor_spectra(every=1)), None),
+    }
+    print(f"jax {jax.__version__} on {jax.devices()[0].platform}, batch {args.batch}, median of {args.steps} steps",
+          flush=True)
+    print(f"{'configuration':<32} {'step ms':>9} {'ratio':>7}", flush=True)
+    base = None
+    for name, (model, tx, extra) in configs.items():
+        median = time_config(model, tx, x, y, args.steps, extra)
+        base = base or median
+        print(f"{name:<32} {1e3 * median:>9.2f} {median / base:>7.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,21 +1,23 @@
 """Per-step cost of training with spectra: the spectral norm penalty and the in-step metrics, on a small CNN.
 
-A CIFAR-shaped CNN (32x32x3 inputs; Conv 32, Conv 64, pool, Conv 64, pool, Dense 128, Dense 10; 0.3M parameters)
-trained with Adam on random data. Each configuration's jitted step (forward, backward, optimizer update) is timed
+A small CNN (``--size``x``--size``x3 inputs, 16 by default; Conv 32, Conv 64, pool, Conv 64, pool, Dense 128,
+Dense 10; 0.2M parameters at size 16) trained with Adam on random data. Each configuration's jitted step (forward,
+backward, optimizer update) is timed
 after a warm-up; the script prints the median step time and its ratio to the plain step:
 
 * ``plain``: Adam;
 * ``penalty (stateful)``: ``wwjax.add_spectral_penalty`` in the chain, one warm-started power iteration per step
   (the paper's form; the issue's goal is < 10% overhead);
 * ``penalty (loss term, 20 iters)``: ``λ·wwjax.spectral_penalty(params)`` in the loss, stateless;
-* ``penalty (fft, stateful)``: the exact conv operator norm (``conv='fft'``, 32x32 grid), one iteration per step;
+* ``penalty (fft, stateful)``: the exact conv operator norm (``conv='fft'`` on the input grid), one iteration per
+  step;
 * ``msn``: the same CNN built from ``wwjax.nn.linen`` MSN layers;
 * ``monitor every step``: ``wwjax.monitor_spectra(every=1)``, the worst case of the in-step metrics (with
   ``every=k`` the cost is paid once per k steps).
 
 Run from the repository root::
 
-    python benchmarks/bench_training.py [--batch 128] [--steps 30]
+    python benchmarks/bench_training.py [--batch 64] [--size 16] [--steps 30]
 """
 
 from __future__ import annotations
@@ -85,11 +87,12 @@ def time_config(model, tx, x, y, steps: int, loss_extra=None) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--size", type=int, default=16)
     parser.add_argument("--steps", type=int, default=30)
     args = parser.parse_args()
     rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.standard_normal((args.batch, 32, 32, 3)).astype(np.float32))
+    x = jnp.asarray(rng.standard_normal((args.batch, args.size, args.size, 3)).astype(np.float32))
     y = jnp.asarray(rng.integers(0, 10, args.batch).astype(np.int32))
     adam = optax.adam(1e-3)
     configs = {
@@ -102,14 +105,15 @@ def main() -> None:
         "penalty (loss term, 20 iters)": (SmallCNN(), adam, lambda p: 0.01 * wwjax.spectral_penalty(p)),
         "penalty (fft, stateful)": (
             SmallCNN(),
-            optax.chain(optax.scale_by_adam(), wwjax.add_spectral_penalty(0.01, conv="fft", input_size=32),
+            optax.chain(optax.scale_by_adam(), wwjax.add_spectral_penalty(0.01, conv="fft", input_size=args.size),
                         optax.scale_by_learning_rate(1e-3)),
             None,
         ),
         "msn": (SmallCNN(msn=True), adam, None),
         "monitor every step": (SmallCNN(), optax.chain(adam, wwjax.monitor_spectra(every=1)), None),
     }
-    print(f"jax {jax.__version__} on {jax.devices()[0].platform}, batch {args.batch}, median of {args.steps} steps",
+    print(f"jax {jax.__version__} on {jax.devices()[0].platform}, batch {args.batch} of {args.size}x{args.size}x3, "
+          f"median of {args.steps} steps",
           flush=True)
     print(f"{'configuration':<32} {'step ms':>9} {'ratio':>7}", flush=True)
     base = None

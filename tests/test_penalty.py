@@ -13,6 +13,8 @@ from flax import nnx
 import wwjax
 from conftest import heavy_tailed
 
+ITERS = 200  # stateless power iterations: one value, so that each matrix shape compiles once
+
 
 def _spiked(rng, shape, spike: float = 1.5):
     """Heavy-tailed weights plus a rank-one spike of the flattened (rows, last) matrix: a clear gap σ1 > σ2, so that
@@ -37,7 +39,7 @@ def _top_pair(matrix):
 
 def test_value_and_gradient_equal_the_exact_svd(x64):
     params = jax.tree.map(lambda x: x.astype(jnp.float64), _params(np.random.default_rng(0)))
-    value, grads = jax.value_and_grad(lambda p: wwjax.spectral_penalty(p, num_iters=200))(params)
+    value, grads = jax.value_and_grad(lambda p: wwjax.spectral_penalty(p, num_iters=ITERS))(params)
     dense = params["Dense_0"]["kernel"]
     conv = params["Conv_0"]["kernel"].reshape(-1, 8)  # conv='reshape': (kh·kw·in, out)
     (s_dense, uv_dense), (s_conv, uv_conv) = _top_pair(dense), _top_pair(conv)
@@ -49,7 +51,7 @@ def test_value_and_gradient_equal_the_exact_svd(x64):
 
 def test_gradient_matches_finite_differences(x64):
     params = jax.tree.map(lambda x: x.astype(jnp.float64), _params(np.random.default_rng(1)))
-    penalty = lambda p: wwjax.spectral_penalty(p, num_iters=300)  # noqa: E731
+    penalty = lambda p: wwjax.spectral_penalty(p, num_iters=ITERS)  # noqa: E731
     grads = jax.grad(penalty)(params)
     rng = np.random.default_rng(2)
     direction = jax.tree.map(lambda x: jnp.asarray(rng.standard_normal(x.shape)), params)
@@ -95,10 +97,10 @@ def test_state_checkpoints_with_orbax(tmp_path):
 def test_conv_slices_and_fft_modes():
     kernel = jnp.asarray(heavy_tailed(np.random.default_rng(5), (3, 3, 4, 6)))
     params = {"Conv_0": {"kernel": kernel}}
-    slices = wwjax.spectral_penalty(params, conv="slices", num_iters=300)
+    slices = wwjax.spectral_penalty(params, conv="slices", num_iters=ITERS)
     per_position = [_top_pair(kernel[i, j])[0] ** 2 for i in range(3) for j in range(3)]
     np.testing.assert_allclose(slices, 0.5 * sum(per_position), rtol=1e-4)
-    fft = wwjax.spectral_penalty(params, conv="fft", input_size=8, num_iters=300)
+    fft = wwjax.spectral_penalty(params, conv="fft", input_size=8, num_iters=ITERS)
     np.testing.assert_allclose(fft, 0.5 * wwjax.conv_operator_norm(kernel, 8) ** 2, rtol=1e-4)
     state = wwjax.SpectralPenalty(conv="fft", input_size=8).init(params)
     assert state.u["Conv_0"]["kernel"].shape == (1, 64, 6) and jnp.iscomplexobj(state.u["Conv_0"]["kernel"])
@@ -128,12 +130,12 @@ def test_conv_operator_norm_is_the_norm_of_the_explicit_operator():
 def test_selection_is_analyzes_plan():
     rng = np.random.default_rng(7)
     params = _params(rng) | {"Embed_0": {"embedding": jnp.asarray(heavy_tailed(rng, (50, 16)))}}
-    full = wwjax.spectral_penalty(params, num_iters=100)
-    no_conv = wwjax.spectral_penalty(params, num_iters=100, layers=["-conv2d"])
-    conv_only = wwjax.spectral_penalty({"Conv_0": params["Conv_0"]}, num_iters=100)
+    full = wwjax.spectral_penalty(params, num_iters=ITERS)
+    no_conv = wwjax.spectral_penalty(params, num_iters=ITERS, layers=["-conv2d"])
+    conv_only = wwjax.spectral_penalty({"Conv_0": params["Conv_0"]}, num_iters=ITERS)
     np.testing.assert_allclose(full - no_conv, conv_only, rtol=1e-5)
     mask = jax.tree.map(lambda x: x.ndim == 4, params)
-    np.testing.assert_allclose(wwjax.spectral_penalty(params, num_iters=100, mask=mask), conv_only, rtol=1e-5)
+    np.testing.assert_allclose(wwjax.spectral_penalty(params, num_iters=ITERS, mask=mask), conv_only, rtol=1e-5)
     plan = {getattr(p, "path"): p for p in wwjax.SpectralPenalty(mask=mask).plan(params)}
     assert plan["Dense_0/kernel"].reason == "masked out" and plan["Dense_0/bias"].reason == "bias"
     with pytest.raises(ValueError, match="no weight matrix"):
@@ -146,16 +148,16 @@ def test_stacked_layers_and_flax_containers():
     rng = np.random.default_rng(8)
     stack = jnp.stack([_spiked(rng, (16, 12)) for _ in range(3)])
     per_layer = sum(_top_pair(w)[0] ** 2 for w in stack)
-    value = wwjax.spectral_penalty({"blocks": {"mlp": {"kernel": stack}}}, num_iters=200)
+    value = wwjax.spectral_penalty({"blocks": {"mlp": {"kernel": stack}}}, num_iters=ITERS)
     np.testing.assert_allclose(value, 0.5 * per_layer, rtol=1e-4)
     # linen variables: batch_stats are not weights; nnx: the State of a model with a BatchStat is read the same way.
     variables = {"params": {"Dense_0": {"kernel": stack[0]}}, "batch_stats": {"BN": {"mean": jnp.ones((4, 4))}}}
-    np.testing.assert_allclose(wwjax.spectral_penalty(variables, num_iters=200), 0.5 * _top_pair(stack[0])[0] ** 2, rtol=1e-4)
+    np.testing.assert_allclose(wwjax.spectral_penalty(variables, num_iters=ITERS), 0.5 * _top_pair(stack[0])[0] ** 2, rtol=1e-4)
     model = nnx.Linear(16, 12, rngs=nnx.Rngs(0))
     model.kernel[...] = stack[1]
     state = nnx.state(model, nnx.Param)
-    np.testing.assert_allclose(wwjax.spectral_penalty(state, num_iters=200), 0.5 * _top_pair(stack[1])[0] ** 2, rtol=1e-4)
-    grads = jax.grad(lambda s: wwjax.spectral_penalty(s, num_iters=200))(state)
+    np.testing.assert_allclose(wwjax.spectral_penalty(state, num_iters=ITERS), 0.5 * _top_pair(stack[1])[0] ** 2, rtol=1e-4)
+    grads = jax.grad(lambda s: wwjax.spectral_penalty(s, num_iters=ITERS))(state)
     np.testing.assert_allclose(grads["kernel"][...], _top_pair(stack[1])[0] * _top_pair(stack[1])[1], atol=1e-4)
 
 

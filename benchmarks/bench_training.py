@@ -2,8 +2,8 @@
 
 A small CNN (``--size``x``--size``x3 inputs, 16 by default; Conv 32, Conv 64, pool, Conv 64, pool, Dense 128,
 Dense 10; 0.2M parameters at size 16) trained with Adam on random data. Each configuration's jitted step (forward,
-backward, optimizer update) is timed
-after a warm-up; the script prints the median step time and its ratio to the plain step:
+backward, optimizer update) is timed after a warm-up, in interleaved rounds (one step of every configuration per round); the script prints the median
+step time and the median over rounds of its ratio to the plain step of the same round:
 
 * ``plain``: Adam;
 * ``penalty (stateful)``: ``wwjax.add_spectral_penalty`` in the chain, one warm-started power iteration per step
@@ -67,22 +67,24 @@ def make_step(model, tx, loss_extra=None):
     return jax.jit(step, donate_argnums=(0, 2))
 
 
-def time_config(model, tx, x, y, steps: int, loss_extra=None) -> float:
-    variables = model.init(jax.random.key(0), x)
-    params = variables["params"]
-    stats = {k: v for k, v in variables.items() if k != "params"}
-    opt_state = tx.init(params)
-    step = make_step(model, tx, loss_extra)
-    for _ in range(3):  # compile and warm up
-        params, stats, opt_state, loss = step(params, stats, opt_state, x, y)
-    jax.block_until_ready(loss)
-    times = []
-    for _ in range(steps):
+class Runner:
+    """One configuration's jitted step and its training state, compiled and warmed up."""
+
+    def __init__(self, model, tx, x, y, loss_extra=None):
+        variables = model.init(jax.random.key(0), x)
+        self.params = variables["params"]
+        self.stats = {k: v for k, v in variables.items() if k != "params"}
+        self.opt_state = tx.init(self.params)
+        self.step = make_step(model, tx, loss_extra)
+        self.batch = (x, y)
+        for _ in range(3):  # compile and warm up
+            self.time_one_step()
+
+    def time_one_step(self) -> float:
         start = time.perf_counter()
-        params, stats, opt_state, loss = step(params, stats, opt_state, x, y)
-        jax.block_until_ready((params, loss))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        self.params, self.stats, self.opt_state, loss = self.step(self.params, self.stats, self.opt_state, *self.batch)
+        jax.block_until_ready((self.params, loss))
+        return time.perf_counter() - start
 
 
 def main() -> None:
@@ -113,14 +115,19 @@ def main() -> None:
         "monitor every step": (SmallCNN(), optax.chain(adam, wwjax.monitor_spectra(every=1)), None),
     }
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}, batch {args.batch} of {args.size}x{args.size}x3, "
-          f"median of {args.steps} steps",
-          flush=True)
-    print(f"{'configuration':<32} {'step ms':>9} {'ratio':>7}", flush=True)
-    base = None
-    for name, (model, tx, extra) in configs.items():
-        median = time_config(model, tx, x, y, args.steps, extra)
-        base = base or median
-        print(f"{name:<32} {1e3 * median:>9.2f} {median / base:>7.3f}", flush=True)
+          f"{args.steps} rounds", flush=True)
+    runners = {name: Runner(model, tx, x, y, extra) for name, (model, tx, extra) in configs.items()}
+    # Interleaved rounds: every configuration runs one step per round, and each ratio is the median over rounds of
+    # (its step time / the plain step time in the same round), which cancels slow drifts of a shared machine's load.
+    times = {name: [] for name in runners}
+    for _ in range(args.steps):
+        for name, runner in runners.items():
+            times[name].append(runner.time_one_step())
+    plain = np.asarray(times["plain"])
+    print(f"{'configuration':<32} {'median step ms':>15} {'median ratio':>13}")
+    for name, values in times.items():
+        ratio = statistics.median(np.asarray(values) / plain)
+        print(f"{name:<32} {1e3 * statistics.median(values):>15.2f} {ratio:>13.3f}", flush=True)
 
 
 if __name__ == "__main__":

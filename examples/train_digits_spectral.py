@@ -1,7 +1,7 @@
 """Train one small CNN on scikit-learn's digits four ways and compare what their weights look like.
 
     pip install scikit-learn          # the 8x8 digits ship with it: nothing is downloaded
-    python examples/train_digits_spectral.py [--epochs 15] [--penalty-rate 3.0]
+    python examples/train_digits_spectral.py [--epochs 8] [--penalty-rate 3.0]
 
 The four ways, same architecture, same initial weights, same batches:
 
@@ -153,7 +153,7 @@ def train(variant: str, epochs: int, *, batch_size: int = 64, learning_rate: flo
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--penalty-rate", type=float, default=3.0)
     args = parser.parse_args()
     data = load_digits()

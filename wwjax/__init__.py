@@ -18,6 +18,19 @@ from wwjax._results import LayerMetrics as LayerMetrics
 from wwjax._results import SkippedLeaf as SkippedLeaf
 from wwjax._safetensors import load_safetensors as load_safetensors
 
+# Training with spectra: the spectral norm penalty, power iteration, the conv operator norm.
+from wwjax._conv_operator import conv_operator_norm as conv_operator_norm
+from wwjax._monitor import SpectralMetrics as SpectralMetrics
+from wwjax._monitor import SpectralMonitorState as SpectralMonitorState
+from wwjax._monitor import monitor_spectra as monitor_spectra
+from wwjax._monitor import spectral_metrics as spectral_metrics
+from wwjax._penalty import SpectralPenalty as SpectralPenalty
+from wwjax._penalty import SpectralPenaltyState as SpectralPenaltyState
+from wwjax._penalty import add_spectral_penalty as add_spectral_penalty
+from wwjax._penalty import spectral_penalty as spectral_penalty
+from wwjax._power_iteration import PowerIteration as PowerIteration
+from wwjax._power_iteration import power_iteration as power_iteration
+
 __version__ = "0.1.0"
 
 __all__ = (
@@ -38,4 +51,16 @@ __all__ = (
     "path_matches",
     "scan_checkpoints",
     "summary",
+    # Training with spectra
+    "PowerIteration",
+    "SpectralMetrics",
+    "SpectralMonitorState",
+    "SpectralPenalty",
+    "SpectralPenaltyState",
+    "add_spectral_penalty",
+    "conv_operator_norm",
+    "monitor_spectra",
+    "power_iteration",
+    "spectral_metrics",
+    "spectral_penalty",
 )

@@ -79,7 +79,7 @@ def list_steps(directory) -> list[_Step]:
     ``100.orbax-checkpoint-tmp-<timestamp>`` directory, listed with ``finalized=False`` unless the step also exists
     finalised.
     """
-    directory = pathlib.Path(directory)
+    directory = pathlib.Path(directory).absolute()  # Orbax reads relative paths wrongly
     found: dict[int, _Step] = {}
     for entry in sorted(directory.iterdir()):
         if not entry.is_dir():
@@ -125,7 +125,7 @@ def _resolve_item(step_dir: pathlib.Path, item: str | None) -> pathlib.Path:
 
 def _locate(path, step: int | None, item: str | None) -> tuple[int | None, pathlib.Path]:
     """Resolves a run directory (+ step), a step directory or an item directory to ``(step, item directory)``."""
-    path = pathlib.Path(path)
+    path = pathlib.Path(path).absolute()  # Orbax reads relative paths wrongly
     if not path.exists():
         raise FileNotFoundError(f"no such checkpoint: {path}")
     if not path.is_dir():
@@ -413,7 +413,7 @@ def analyze_checkpoint(path, step: int | None = None, item: str | None = None, *
     found_step, item_dir = _locate(path, step, item)
     table, row = _analyze_item(item_dir, analyze_options, bucket_bytes=bucket_bytes, subtree=subtree)
     table.insert(0, "step", found_step)
-    step_dir = item_dir if item_dir == pathlib.Path(path) else item_dir.parent  # where the step's metrics live
+    step_dir = item_dir if item_dir == pathlib.Path(path).absolute() else item_dir.parent  # where the step's metrics live
     summary_row = dict(step=found_step, status="success", reason="", **row, **_step_metrics(step_dir))
     return _frames([table], [summary_row])
 
@@ -456,7 +456,7 @@ def scan_checkpoints(directory, steps: Sequence[int] | None = None, *, item: str
     if init_step is not None and init_params is not None:
         raise ValueError("pass init_step or init_params, not both")
     make_options(**analyze_options)  # a wrong option fails now, not at every step
-    directory = pathlib.Path(directory)
+    directory = pathlib.Path(directory).absolute()  # Orbax reads relative paths wrongly
     if not directory.is_dir():
         raise FileNotFoundError(f"no such checkpoint directory: {directory}")
     all_steps = list_steps(directory)

@@ -17,7 +17,7 @@ def detect_format(path) -> str:
       >>> detect_format("flax_model.msgpack")  # doctest: +SKIP
       'msgpack'
     """
-    path = pathlib.Path(path)
+    path = pathlib.Path(path).absolute()  # Orbax reads relative paths wrongly
     if not path.exists():
         raise FileNotFoundError(f"no such file or directory: {path}")
     if path.is_dir():
@@ -95,7 +95,7 @@ def load_params(path, *, step: int | None = None, item: str | None = None, subtr
       (3, 2)
     """
     kind = detect_format(path)
-    path = pathlib.Path(path)
+    path = pathlib.Path(path).absolute()  # Orbax reads relative paths wrongly
     if kind != "orbax" and (step is not None or item is not None or subtree is not None):
         raise ValueError(f"{path} is a {kind} file: step, item and subtree apply to Orbax checkpoints only")
     if kind == "msgpack":

@@ -27,6 +27,13 @@ from wwjax._powerlaw import fit_power_law
 from wwjax._spectra import compute_dtype, rank_tolerance, resolve_method, slice_spectra
 from wwjax._tree import flatten_params
 
+# --- advanced diagnostics (fingers, detX, inverse, conv operator spectrum, eigenvectors) ---
+from wwjax._conv_fft import num_frequencies, operator_spectra
+from wwjax._inverse import invert_esd_jit
+from wwjax._tail import TailOptions, row_tail_fit
+from wwjax._vectors import leaf_vector_metrics
+# --- end advanced diagnostics ---
+
 _CONV_TYPES = ("conv1d", "conv2d", "conv3d")
 # Elements of the (rows × candidates × eigenvalues) KS reduction materialised at once.
 _KS_BLOCK_ELEMENTS = 1 << 23
@@ -38,6 +45,7 @@ class _PlannedLeaf:
     view: MatrixView
     shape: MatrixShape
     pooled: bool = True
+    fft_size: int = 0  # conv2d_fft: the input grid; the "slices" are then the operator's frequencies
 
     @property
     def num_evals(self) -> int:
@@ -78,6 +86,9 @@ def plan(leaves: list[tuple[LeafInfo, Any, str | None]], opts: AnalyzeOptions) -
             planned.append(skipped(f"not selected by layers={list(opts.layers)}", layer_type=view.layer_type))
             continue
         leaf = _PlannedLeaf(info, view, matrix_shape(info.shape, view), pooled=opts.pool)
+        if opts.conv2d_fft and view.layer_type in _CONV_TYPES:  # advanced diagnostics: the conv operator
+            shape = dataclasses.replace(leaf.shape, num_slices=num_frequencies(view, opts.fft_size))
+            leaf = dataclasses.replace(leaf, shape=shape, fft_size=opts.fft_size)
         reason = _size_skip(leaf, opts)
         planned.append(skipped(reason, layer_type=view.layer_type) if reason else leaf)
     return planned
@@ -93,11 +104,13 @@ class _ComputeSpec:
     conv2d_norm: bool
     num_clipped: int
     tolerance: float
+    tail: TailOptions = TailOptions()  # advanced diagnostics: fingers and detX
+    inverse: bool = False
 
 
 def _conv_scale(leaf: _PlannedLeaf, opts: _ComputeSpec) -> float:
     """WeightWatcher's ``conv2d_norm``: conv eigenvalues × 1/2 when pooled, × rf/2 per kernel position."""
-    if not opts.conv2d_norm or leaf.view.layer_type not in _CONV_TYPES:
+    if not opts.conv2d_norm or leaf.view.layer_type not in _CONV_TYPES or leaf.fft_size:
         return 1.0
     return 0.5 if opts.pool else leaf.shape.num_slices / 2.0
 
@@ -127,13 +140,20 @@ def _row_spectra(leaves, values, method: str, dtype, opts: _ComputeSpec):
     """Eigen-solves bucketed by matrix shape; returns per leaf ``(evals (rows, n), rank_loss, finite)``."""
     buckets: dict[tuple[int, int], list[int]] = defaultdict(list)
     stacks, finite = [], []
+    fft_spectra = {}
     for i, (leaf, value) in enumerate(zip(leaves, values)):
+        if leaf.fft_size:  # advanced diagnostics: complex per-frequency matrices, solved per leaf
+            evals, rank, ok = operator_spectra(value, leaf.view, leaf.fft_size, method, dtype)
+            fft_spectra[i] = (evals, rank)
+            stacks.append(None)
+            finite.append(ok)
+            continue
         mats, ok = _leaf_matrices(value, leaf.view, dtype)
         stacks.append(mats)
         finite.append(ok)
         buckets[mats.shape[-2:]].append(i)
 
-    per_leaf = [None] * len(leaves)
+    per_leaf = [fft_spectra.get(i) for i in range(len(leaves))]
     for (n, m), members in buckets.items():
         batch = jnp.concatenate([stacks[i] for i in members]) if len(members) > 1 else stacks[members[0]]
         spectra = slice_spectra(batch, method=method)
@@ -149,12 +169,14 @@ def _row_spectra(leaves, values, method: str, dtype, opts: _ComputeSpec):
     ]
 
 
-@functools.partial(jax.jit, static_argnames=("num_clipped", "tolerance", "block"))
-def _fit_rows(evals, num_valid, rank_tol, finite, *, num_clipped: int, tolerance: float, block: int) -> dict:
+@functools.partial(jax.jit, static_argnames=("num_clipped", "tolerance", "block", "tail"))
+def _fit_rows(
+    evals, num_valid, rank_tol, finite, *, num_clipped: int, tolerance: float, block: int, tail: TailOptions
+) -> dict:
     """Power-law fit and norm metrics of every row of ``evals (rows, n)`` (zero-padded in front), vmapped."""
 
     def one_row(ev, valid, tol, ok):
-        fit = fit_power_law(ev, num_clipped, ev[-1] * tol, block=block)
+        fit, extra = row_tail_fit(ev, valid, num_clipped, ev[-1] * tol, tail, block=block)
         nan = jnp.array(jnp.nan, ev.dtype)
         fitted = fit.ok & ok
         alpha = jnp.where(fitted, fit.alpha, nan)
@@ -175,6 +197,7 @@ def _fit_rows(evals, num_valid, rank_tol, finite, *, num_clipped: int, tolerance
         )
         # A non-finite matrix was solved as zeros: none of its numbers mean anything.
         out = {k: jnp.where(ok, v, _missing(v)) for k, v in out.items()}
+        out["extra"] = {k: jnp.where(ok, v, _missing(v)) for k, v in extra.items()}
         out["status_code"] = status
         return out
 
@@ -194,6 +217,11 @@ def _row_metrics(leaves, rows, method: str, dtype, opts: _ComputeSpec) -> list[d
     """Fits every row. Rows are zero-padded in front to a power-of-two length and grouped across leaves, so that
     one vmapped call (one compilation) serves all rows of similar length."""
     groups: dict[int, list[int]] = defaultdict(list)
+    if opts.inverse:  # advanced diagnostics: the ESD of 1/λ
+        rows = [
+            (invert_esd_jit(ev, rank_tolerance(method, leaf.shape.N, leaf.shape.M, dtype)), loss, ok)
+            for leaf, (ev, loss, ok) in zip(leaves, rows)
+        ]
     for i, (evals, _, _) in enumerate(rows):
         groups[_padded_size(evals.shape[-1])].append(i)
     out = [None] * len(leaves)
@@ -215,11 +243,12 @@ def _row_metrics(leaves, rows, method: str, dtype, opts: _ComputeSpec) -> list[d
         )
         block = max(1, min(n_pad, _KS_BLOCK_ELEMENTS // (evals.shape[0] * n_pad)))
         metrics = _fit_rows(
-            evals, num_valid, tol, finite, num_clipped=opts.num_clipped, tolerance=float(opts.tolerance), block=block
+            evals, num_valid, tol, finite, num_clipped=opts.num_clipped, tolerance=float(opts.tolerance), block=block,
+            tail=opts.tail,
         )
         offset = 0
         for i, count in zip(members, counts):
-            out[i] = {k: v[offset : offset + count] for k, v in metrics.items()}
+            out[i] = jax.tree.map(lambda v: v[offset : offset + count], metrics)
             if opts.num_clipped > rows[i][0].shape[1] / 2:  # WeightWatcher still fits here; we refuse and say why
                 out[i] = _mark_failed(out[i], _results.STATUS_XMAX_TOO_LARGE)
             out[i]["rank_loss"] = rows[i][1]
@@ -307,8 +336,17 @@ def analyze(params, **options):
             conv2d_norm=opts.conv2d_norm,
             num_clipped=opts.num_clipped,
             tolerance=float(opts.tolerance),
+            tail=TailOptions.from_options(opts),
+            inverse=opts.inverse,
         )
         metrics = _compute(tuple(jnp.asarray(v) for _, v in analysed), spec)
+        if opts.vectors:  # advanced diagnostics: eigenvector localisation, split at each row's xmin
+            for (leaf, value), m in zip(analysed, metrics):
+                m["extra"].update(leaf_vector_metrics(
+                    jnp.asarray(value), leaf.view, scale=_conv_scale(leaf, spec), pool=opts.pool,
+                    num_tail=jnp.where(jnp.isnan(m["xmin"]), -1, jnp.sum(m["esd"] >= m["xmin"][:, None], axis=1)),
+                    fft_size=leaf.fft_size, method=spec.method,
+                ))
         for leaf, m in zip(spec.leaves, metrics):
             layer_index, slice_id = _row_labels(leaf)
             nodes[leaf.info.path] = _results.LayerMetrics(

@@ -25,6 +25,18 @@ class AnalyzeOptions:
     tolerance: float = 1e-6
     views: Mapping[str, MatrixView] | Callable | None = None
     stacked: tuple[str, ...] = ()
+    # --- advanced diagnostics (fingers, TPL, detX, vectors, inverse, conv operator spectrum) ---
+    fix_fingers: str | None = None
+    max_fingers: int = 10
+    finger_thresh: float = 1.0
+    xmin_max: float | None = None
+    fit: str = "PL"
+    detX: bool = False  # noqa: N815 (WeightWatcher's name)
+    vectors: bool = False
+    inverse: bool = False
+    conv2d_fft: bool = False
+    fft_size: int = 32
+    # --- end advanced diagnostics ---
 
     @property
     def num_clipped(self) -> int:
@@ -94,6 +106,9 @@ def make_options(**kwargs) -> AnalyzeOptions:
             isinstance(k, str) and isinstance(v, MatrixView) for k, v in views.items()
         ):
             raise TypeError("views must map path patterns to wwjax.MatrixView, or be a callable (path, shape) -> view")
+    from wwjax._tail import check_advanced_options  # advanced diagnostics: their own checks
+
+    check_advanced_options(opts)
     layers = _as_patterns(opts.layers, "layers")
     return dataclasses.replace(opts, layers=layers, stacked=_as_patterns(opts.stacked, "stacked"))
 

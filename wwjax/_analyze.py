@@ -87,6 +87,11 @@ def plan(leaves: list[tuple[LeafInfo, Any, str | None]], opts: AnalyzeOptions) -
             continue
         leaf = _PlannedLeaf(info, view, matrix_shape(info.shape, view), pooled=opts.pool)
         if opts.conv2d_fft and view.layer_type in _CONV_TYPES:  # advanced diagnostics: the conv operator
+            kernel_size = tuple(info.shape[a] for a in view.slice_axes)
+            if max(kernel_size, default=0) > opts.fft_size:
+                planned.append(skipped(f"kernel {kernel_size} larger than the input grid fft_size={opts.fft_size} "
+                                       "(raise fft_size)", layer_type=view.layer_type))
+                continue
             shape = dataclasses.replace(leaf.shape, num_slices=num_frequencies(view, opts.fft_size))
             leaf = dataclasses.replace(leaf, shape=shape, fft_size=opts.fft_size)
         reason = _size_skip(leaf, opts)

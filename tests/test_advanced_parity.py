@@ -138,3 +138,22 @@ def test_vectors(golden_params, x64):
         np.testing.assert_allclose([float(moved[c][0]) for c in columns], theirs, rtol=RTOL, equal_nan=True,
                                    err_msg=row.path)
     assert exact >= 2
+
+
+def test_xmin_peak(golden_params, x64):
+    cases = ["conv1x1", "conv3x3_up", "dense_wide", "dense_square", "embed", "heavy"]
+    params = _subset(golden_params, cases)
+    result = wwjax.analyze(params, svd_method="accurate", fix_fingers="xmin_peak")
+    joined = _joined("xmin_peak", wwjax.details(result))
+    inside = 0
+    for _, row in joined.iterrows():
+        case, leaf = row.path.split("/")
+        esd = np.asarray(result[case][leaf].esd[0])
+        edges = np.histogram(np.log10(esd[esd > 1e-5]), bins=100)[1]
+        peak = 10 ** edges[np.argmax(np.histogram(np.log10(esd[esd > 1e-5]), bins=100)[0])]
+        assert 0.95 * peak <= row.xmin <= 1.5 * peak
+        if row.xmin_ww >= 0.95 * peak:  # WeightWatcher's own range has no lower bound (log10 and linear mixed)
+            inside += 1
+            np.testing.assert_allclose([row.alpha, row.D, row.xmin], [row.alpha_ww, row.D_ww, row.xmin_ww], rtol=RTOL)
+            assert row.num_pl_spikes == row.num_pl_spikes_ww
+    assert inside >= 4

@@ -2,13 +2,12 @@
 
 Runs ``WeightWatcher.analyze`` with ``fix_fingers``, ``fit='TPL'``, ``detX``, ``vectors``, ``inverse`` (pooled and
 ``pool=False``) and ``SVDSmoothing`` on the golden weights of ``scripts/make_golden.py`` (same cases, same torch
-layers), plus two extra cases with planted "fingers" (``fingers1``, ``fingers2``), and writes under
+layers), and writes under
 ``tests/golden/``:
 
 * ``ww_adv_<config>.csv``: the details table, every WeightWatcher column plus ``path``;
 * ``ww_adv_smoothing.csv``: per layer and smoothing method, WeightWatcher's rank choice (the number of nonzero
-  singular values it leaves per matrix) and the singular values of its smoothed weight;
-* ``weights_advanced.npz``: the two extra cases (Flax layout).
+  singular values it leaves per matrix) and the singular values of its smoothed weight.
 
 Oracle environment: as for ``make_golden.py``, and ``powerlaw<2``: with powerlaw 2.0 every fit WeightWatcher sends
 to the powerlaw package (``xmin_peak``, TPL) fails silently, so install ``pip install "powerlaw==1.5"`` into the
@@ -52,21 +51,6 @@ SMOOTHING_CASES = ("dense_square/kernel", "dense_wide/kernel", "heavy/kernel", "
                    "conv3x3_down/kernel")
 
 
-def finger_case(num_fingers: int, seed: int):
-    """A Student-t (df=5) 400x200 matrix with ``num_fingers`` planted singular directions far above its bulk."""
-    def make(rng):
-        n, m = 400, 200
-        w = rng.standard_t(5, size=(n, m)) / np.sqrt(n)
-        u, _ = np.linalg.qr(rng.normal(size=(n, num_fingers)))
-        v, _ = np.linalg.qr(rng.normal(size=(m, num_fingers)))
-        return w + (u * (6.0 + 2.0 * np.arange(num_fingers))) @ v.T
-    return mg.Case(f"fingers{num_fingers}/kernel", "dense", (400, 200), make, seed,
-                   f"Student-t df=5 / sqrt(400) + {num_fingers} planted directions of strength 6, 8, ...")
-
-
-EXTRA_CASES = [finger_case(1, 2001), finger_case(2, 2002)]
-
-
 def build_model(weights, cases):
     model = torch.nn.Module()
     for case in cases:
@@ -95,12 +79,7 @@ def main() -> None:
     logging.getLogger("weightwatcher").setLevel(logging.ERROR)
     assert powerlaw.__version__.startswith("1."), "needs powerlaw<2 (see the module docstring)"
     weights = mg.make_weights()
-    extra = {}
-    for case in EXTRA_CASES:
-        extra[case.key] = np.ascontiguousarray(case.make(np.random.default_rng(case.seed)), dtype=np.float32)
-    np.savez_compressed(mg.GOLDEN_DIR / "weights_advanced.npz", **extra)
-    weights.update(extra)
-    cases = mg.CASES + EXTRA_CASES
+    cases = mg.CASES
     longname_to_path = {c.module_name: c.key for c in cases}
     for name, kwargs in CONFIGS.items():
         chosen = [c for c in cases if c.key in TPL_CASES] if name == "tpl" else cases

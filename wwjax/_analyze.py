@@ -313,6 +313,13 @@ def analyze(params, **options):
       views: ``{path pattern: MatrixView}`` or a callable ``(path, shape) -> MatrixView | None`` for leaves the
         Flax rules cannot read (an Einsum kernel, a fused QKV).
       stacked: path patterns of leaves whose leading axis is a stack of layers (``nn.scan``, ``nnx.vmap``).
+      fix_fingers: ``'clip_xmax'`` (with ``max_fingers=10``, ``finger_thresh=1.0``; adds ``num_fingers``,
+        ``raw_alpha``) or ``'xmin_peak'`` (with ``xmin_max``); see ``docs/diagnostics-advanced.md``.
+      detX: add ``detX_num``, ``detX_val``, ``detX_val_rescaled``, ``num_ERG_spikes``, ``ERG_gap``.
+      vectors: add the 12 eigenvector localisation columns ``{bulk,tail}_{mean,var}_{vec_entropy,…}``.
+      inverse: analyse the ESD of 1/λ.
+      conv2d_fft: analyse each convolution as the linear operator it is on an ``fft_size``-wide input grid
+        (circular padding; default 32).
 
     Returns:
       A nested dict keyed like ``params`` whose nodes are :class:`LayerMetrics` (analysed) or :class:`SkippedLeaf`.

@@ -17,7 +17,7 @@ from wwjax._vectors import leaf_vector_metrics
 
 FAILED_FIT = "rank1/kernel"
 RTOL = 1e-6
-# Small subsets keep compilations few (one per padded ESD length); the whole golden set runs with -m slow.
+# Small subsets keep compilations few (one per padded ESD length); the fixtures hold every golden case.
 CLIP_CASES = ["dense_square", "conv1x1", "depthwise", "rank1"]
 DETX_CASES = ["dense_wide", "conv3x3_down", "rank1"]
 VECTOR_CASES = ["dense_tall", "dense_wide", "conv3x3_down"]
@@ -44,7 +44,7 @@ def _close(joined, columns, rtol=RTOL):
 
 @pytest.mark.parametrize(
     "pool, cases",
-    [(True, CLIP_CASES), (False, ["conv2x2_up", "conv_rgb"]), pytest.param(True, None, marks=pytest.mark.slow)],
+    [(True, CLIP_CASES), (False, ["conv2x2_up", "conv_rgb"])],
 )
 def test_clip_xmax(pool, cases, golden_params, x64):
     params = golden_params if cases is None else _subset(golden_params, cases)
@@ -71,7 +71,7 @@ def test_clip_xmax(pool, cases, golden_params, x64):
 
 
 @pytest.mark.parametrize(
-    "pool, cases", [(True, DETX_CASES), (False, ["conv2x2_up"]), pytest.param(True, None, marks=pytest.mark.slow)]
+    "pool, cases", [(True, DETX_CASES), (False, ["conv2x2_up"])]
 )
 def test_detx(pool, cases, golden_params, x64):
     params = golden_params if cases is None else _subset(golden_params, cases)

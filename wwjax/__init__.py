@@ -17,6 +17,9 @@ from wwjax._powerlaw import fit_power_law as fit_power_law
 from wwjax._results import LayerMetrics as LayerMetrics
 from wwjax._results import SkippedLeaf as SkippedLeaf
 from wwjax._safetensors import load_safetensors as load_safetensors
+from wwjax._smoothing import smoothing_ranks as smoothing_ranks  # advanced diagnostics
+from wwjax._smoothing import svd_sharpness as svd_sharpness
+from wwjax._smoothing import svd_smoothing as svd_smoothing
 
 # Training with spectra: the spectral norm penalty, power iteration, the conv operator norm.
 from wwjax._conv_operator import conv_operator_norm as conv_operator_norm
@@ -63,4 +66,7 @@ __all__ = (
     "power_iteration",
     "spectral_metrics",
     "spectral_penalty",
+    "smoothing_ranks",
+    "svd_sharpness",
+    "svd_smoothing",
 )

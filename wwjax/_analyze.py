@@ -25,6 +25,12 @@ from wwjax._options import AnalyzeOptions, layer_selected, make_options
 from wwjax._spectra import compute_dtype, rank_tolerance, resolve_method
 from wwjax._tree import flatten_params
 
+# --- advanced diagnostics (fingers, detX, inverse, conv operator spectrum, eigenvectors) ---
+from wwjax._conv_fft import num_frequencies
+from wwjax._tail import TailOptions
+from wwjax._vectors import leaf_vector_metrics
+# --- end advanced diagnostics ---
+
 _CONV_TYPES = ("conv1d", "conv2d", "conv3d")
 
 
@@ -34,6 +40,7 @@ class _PlannedLeaf:
     view: MatrixView
     shape: MatrixShape
     pooled: bool = True
+    fft_size: int = 0  # conv2d_fft: the input grid; the "slices" are then the operator's frequencies
 
     @property
     def num_evals(self) -> int:
@@ -81,6 +88,14 @@ def plan(leaves: list[tuple[LeafInfo, Any, str | None]], opts: AnalyzeOptions) -
             planned.append(skipped(f"not selected by layers={list(opts.layers)}", layer_type=view.layer_type))
             continue
         leaf = _PlannedLeaf(info, view, matrix_shape(info.shape, view), pooled=opts.pool)
+        if opts.conv2d_fft and view.layer_type in _CONV_TYPES:  # advanced diagnostics: the conv operator
+            kernel_size = tuple(info.shape[a] for a in view.slice_axes)
+            if max(kernel_size, default=0) > opts.fft_size:
+                planned.append(skipped(f"kernel {kernel_size} larger than the input grid fft_size={opts.fft_size} "
+                                       "(raise fft_size)", layer_type=view.layer_type))
+                continue
+            shape = dataclasses.replace(leaf.shape, num_slices=num_frequencies(view, opts.fft_size))
+            leaf = dataclasses.replace(leaf, shape=shape, fft_size=opts.fft_size)
         reason = _size_skip(leaf, opts)
         planned.append(skipped(reason, layer_type=view.layer_type) if reason else leaf)
     return planned
@@ -88,7 +103,7 @@ def plan(leaves: list[tuple[LeafInfo, Any, str | None]], opts: AnalyzeOptions) -
 
 def _conv_scale(leaf: _PlannedLeaf, opts: AnalyzeOptions) -> float:
     """WeightWatcher's ``conv2d_norm``: conv eigenvalues × 1/2 when pooled, × rf/2 per kernel position."""
-    if not opts.conv2d_norm or leaf.view.layer_type not in _CONV_TYPES:
+    if not opts.conv2d_norm or leaf.view.layer_type not in _CONV_TYPES or leaf.fft_size:
         return 1.0
     return 0.5 if opts.pool else leaf.shape.num_slices / 2.0
 
@@ -100,6 +115,7 @@ def _engine_plan(leaf: _PlannedLeaf, opts: AnalyzeOptions, method: str, dtype) -
         pool=opts.pool,
         scale=_conv_scale(leaf, opts),
         rank_tol=rank_tolerance(method, leaf.shape.N, leaf.shape.M, dtype),
+        fft_size=leaf.fft_size,
     )
 
 
@@ -143,6 +159,13 @@ def analyze(params, **options):
         a matrix over it alone has its Gram accumulated over blocks of rows. None: no limit.
       mesh: a ``jax.sharding.Mesh``: every batch of matrices (and of rows to fit) is split over all its devices;
         the metrics come back replicated. Works on params that are already sharded global arrays, multi-host too.
+      fix_fingers: ``'clip_xmax'`` (with ``max_fingers=10``, ``finger_thresh=1.0``; adds ``num_fingers``,
+        ``raw_alpha``) or ``'xmin_peak'`` (with ``xmin_max``); see ``docs/diagnostics-advanced.md``.
+      detX: add ``detX_num``, ``detX_val``, ``detX_val_rescaled``, ``num_ERG_spikes``, ``ERG_gap``.
+      vectors: add the 12 eigenvector localisation columns ``{bulk,tail}_{mean,var}_{vec_entropy,…}``.
+      inverse: analyse the ESD of 1/λ.
+      conv2d_fft: analyse each convolution as the linear operator it is on an ``fft_size``-wide input grid
+        (circular padding; default 32).
 
     Returns:
       A nested dict keyed like ``params`` whose nodes are :class:`LayerMetrics` (analysed) or :class:`SkippedLeaf`.
@@ -174,7 +197,16 @@ def analyze(params, **options):
             tolerance=float(opts.tolerance),
             max_bucket_bytes=opts.max_bucket_bytes,
             mesh=opts.mesh,
+            tail=TailOptions.from_options(opts),
+            inverse=opts.inverse,
         )
+        if opts.vectors:  # advanced diagnostics: eigenvector localisation, split at each row's xmin
+            for (leaf, value), m in zip(analysed, metrics):
+                m["extra"].update(leaf_vector_metrics(
+                    jnp.asarray(value), leaf.view, scale=_conv_scale(leaf, opts), pool=opts.pool,
+                    num_tail=jnp.where(jnp.isnan(m["xmin"]), -1, jnp.sum(m["esd"] >= m["xmin"][:, None], axis=1)),
+                    fft_size=leaf.fft_size, method=method,
+                ))
         for leaf, m in zip((p for p, _ in analysed), metrics):
             layer_index, slice_id = _row_labels(leaf)
             nodes[leaf.info.path] = _results.LayerMetrics(

@@ -32,7 +32,9 @@ from jax.sharding import PartitionSpec as P
 from wwjax import _results
 from wwjax._layout import MatrixShape, MatrixView, as_matrices
 from wwjax._metrics import norm_metrics
-from wwjax._powerlaw import fit_power_law
+from wwjax._conv_fft import operator_spectra
+from wwjax._inverse import invert_esd
+from wwjax._tail import TailOptions, row_tail_fit
 from wwjax._spectra import SliceSpectra, rank_tolerance, slice_spectra
 
 # Elements of the (rows × candidates × eigenvalues) KS reduction materialised at once (per device).
@@ -48,6 +50,7 @@ class LeafPlan:
     pool: bool = True
     scale: float = 1.0  # conv2d_norm's factor on the eigenvalues
     rank_tol: float = 0.0  # relative rank tolerance of the solver for this shape
+    fft_size: int = 0  # conv2d_fft: solved as the convolution operator on this input grid, not in a bucket
 
     @property
     def num_matrices(self) -> int:
@@ -102,7 +105,8 @@ def plan_buckets(
     """
     groups: dict[tuple[int, int], list[int]] = defaultdict(list)
     for i, leaf in enumerate(leaves):
-        groups[(leaf.shape.N, leaf.shape.M)].append(i)
+        if not leaf.fft_size:
+            groups[(leaf.shape.N, leaf.shape.M)].append(i)
     buckets = []
     for (n, m), members in groups.items():
         per_matrix = bytes_per_matrix(n, m, method, itemsize)
@@ -219,11 +223,13 @@ def _leaf_rows(evals, rank, finite, leaf: LeafPlan):
     return evals.reshape(L * K, m), rank_loss.reshape(-1), finite.reshape(-1)
 
 
-def _fit_rows(evals, num_valid, rank_tol, finite, *, num_clipped: int, tolerance: float, block: int) -> dict:
+def _fit_rows(
+    evals, num_valid, rank_tol, finite, *, num_clipped: int, tolerance: float, block: int, tail: TailOptions
+) -> dict:
     """Power-law fit and norm metrics of every row of ``evals (rows, n)`` (zero-padded in front), vmapped."""
 
     def one_row(ev, valid, tol, ok):
-        fit = fit_power_law(ev, num_clipped, ev[-1] * tol, block=block)
+        fit, extra = row_tail_fit(ev, valid, num_clipped, ev[-1] * tol, tail, block=block)
         nan = jnp.array(jnp.nan, ev.dtype)
         fitted = fit.ok & ok
         alpha = jnp.where(fitted, fit.alpha, nan)
@@ -244,6 +250,7 @@ def _fit_rows(evals, num_valid, rank_tol, finite, *, num_clipped: int, tolerance
         )
         # A non-finite matrix was solved as zeros: none of its numbers mean anything.
         out = {k: jnp.where(ok, v, _missing(v)) for k, v in out.items()}
+        out["extra"] = {k: jnp.where(ok, v, _missing(v)) for k, v in extra.items()}
         out["status_code"] = status
         return out
 
@@ -268,11 +275,13 @@ def _mark_failed(metrics: dict, code: int) -> dict:
 
 
 @functools.partial(
-    jax.jit, static_argnames=("leaves", "part_slices", "num_clipped", "tolerance", "dtype", "mesh", "ks_elements")
+    jax.jit,
+    static_argnames=("leaves", "part_slices", "num_clipped", "tolerance", "dtype", "mesh", "ks_elements", "tail",
+                     "inverse"),
 )
 def fit_group(
     parts: tuple, *, leaves: tuple[LeafPlan, ...], part_slices: tuple, num_clipped: int, tolerance: float, dtype,
-    mesh=None, ks_elements: int = _KS_BLOCK_ELEMENTS,
+    mesh=None, ks_elements: int = _KS_BLOCK_ELEMENTS, tail: TailOptions = TailOptions(), inverse: bool = False,
 ) -> list[dict]:
     """Fits every row of a group of leaves whose ESDs pad to the same length, in one vmapped call.
 
@@ -286,6 +295,8 @@ def fit_group(
         cut = [tuple(a[o : o + c] for a in part) for part, (o, c) in zip(leaf_parts, slices)]
         spectra.append(cut[0] if len(cut) == 1 else tuple(jnp.concatenate(a) for a in zip(*cut)))
     rows = [_leaf_rows(*s, leaf) for s, leaf in zip(spectra, leaves)]
+    if inverse:  # the ESD of 1/λ (numerically zero eigenvalues stay 0)
+        rows = [(invert_esd(ev, leaf.rank_tol), loss, ok) for (ev, loss, ok), leaf in zip(rows, leaves)]
     n_pad = padded_size(max(leaf.row_length for leaf in leaves))
     counts = [leaf.num_rows for leaf in leaves]
     total = padded_size(sum(counts), minimum=1)
@@ -302,7 +313,7 @@ def fit_group(
                           + [jnp.ones(r_pad, dtype)])
     per_device = total // (mesh.size if mesh is not None else 1)
     block = max(1, min(n_pad, ks_elements // (per_device * n_pad)))
-    fit = lambda *a: _fit_rows(*a, num_clipped=num_clipped, tolerance=tolerance, block=block)  # noqa: E731
+    fit = lambda *a: _fit_rows(*a, num_clipped=num_clipped, tolerance=tolerance, block=block, tail=tail)  # noqa: E731
     if mesh is not None:
         fit = jax.shard_map(fit, mesh=mesh, in_specs=_batch_spec(mesh), out_specs=_batch_spec(mesh))
         evals, num_valid, tol, finite = _split_batch((evals, num_valid, tol, finite), mesh)
@@ -310,7 +321,7 @@ def fit_group(
 
     out, offset = [], 0
     for (ev, rank_loss, _), leaf, count in zip(rows, leaves, counts):
-        mine = {k: v[offset : offset + count] for k, v in metrics.items()}
+        mine = jax.tree.map(lambda v, o=offset, c=count: v[o : o + c], metrics)
         if num_clipped > leaf.row_length / 2:  # WeightWatcher still fits here; we refuse and say why
             mine = _mark_failed(mine, _results.STATUS_XMAX_TOO_LARGE)
         mine["rank_loss"] = rank_loss
@@ -322,7 +333,8 @@ def fit_group(
 
 def compute(
     values: Sequence, leaves: Sequence[LeafPlan], *, method: str, dtype, num_clipped: int, tolerance: float,
-    max_bucket_bytes: int | None = None, mesh: Mesh | None = None,
+    max_bucket_bytes: int | None = None, mesh: Mesh | None = None, tail: TailOptions = TailOptions(),
+    inverse: bool = False,
 ) -> list[dict]:
     """Stages 2–5 for all analysed leaves: per-row metrics of each leaf (see :func:`fit_group`)."""
     itemsize = jnp.dtype(dtype).itemsize
@@ -344,6 +356,10 @@ def compute(
             count = p.stop - p.start
             pieces[p.leaf].append((p.start, evals, rank, finite, offset, count))
             offset += count
+    for i, leaf in enumerate(leaves):
+        if leaf.fft_size:  # conv2d_fft: the complex per-frequency matrices of one conv, solved together
+            evals, rank, finite = operator_spectra(values[i], leaf.view, leaf.fft_size, method, dtype)
+            pieces[i].append((0, evals, rank, finite.reshape(-1), 0, leaf.num_matrices))
 
     groups: dict[int, list[int]] = defaultdict(list)
     for i, leaf in enumerate(leaves):
@@ -356,6 +372,7 @@ def compute(
             leaves=tuple(leaves[i] for i in members),
             part_slices=tuple(tuple((o, c) for *_, o, c in parts) for parts in ordered),
             num_clipped=num_clipped, tolerance=tolerance, dtype=dtype, mesh=mesh, ks_elements=ks_elements,
+            tail=tail, inverse=inverse,
         )
         for i, m in zip(members, metrics):
             out[i] = m

@@ -30,6 +30,18 @@ class AnalyzeOptions:
     # Scale (not in WeightWatcher): bytes one bucket may materialise, and the device mesh to spread buckets over.
     max_bucket_bytes: int | None = None
     mesh: Mesh | None = None
+    # --- advanced diagnostics (fingers, TPL, detX, vectors, inverse, conv operator spectrum) ---
+    fix_fingers: str | None = None
+    max_fingers: int = 10
+    finger_thresh: float = 1.0
+    xmin_max: float | None = None
+    fit: str = "PL"
+    detX: bool = False  # noqa: N815 (WeightWatcher's name)
+    vectors: bool = False
+    inverse: bool = False
+    conv2d_fft: bool = False
+    fft_size: int = 32
+    # --- end advanced diagnostics ---
 
     @property
     def num_clipped(self) -> int:
@@ -103,6 +115,9 @@ def make_options(**kwargs) -> AnalyzeOptions:
         _check_int("max_bucket_bytes", opts.max_bucket_bytes, 1)
     if opts.mesh is not None and not isinstance(opts.mesh, Mesh):
         raise TypeError(f"mesh must be a jax.sharding.Mesh (e.g. jax.make_mesh((8,), ('batch',))), got {opts.mesh!r}")
+    from wwjax._tail import check_advanced_options  # advanced diagnostics: their own checks
+
+    check_advanced_options(opts)
     layers = _as_patterns(opts.layers, "layers")
     return dataclasses.replace(opts, layers=layers, stacked=_as_patterns(opts.stacked, "stacked"))
 

@@ -63,7 +63,9 @@ def _ks_distances(
         log_xi = jax.lax.dynamic_slice(log_x_p, (first,), (block,))
         alpha_i = jax.lax.dynamic_slice(alphas_p, (first,), (block,))
         tail = (end - i).astype(log_x.dtype)
-        theoretical = 1.0 - jnp.exp((1.0 - alpha_i)[:, None] * (log_x[None, :] - log_xi[:, None]))
+        delta = log_x[None, :] - log_xi[:, None]
+        # (x/xmin)^(1-α) is 1 at x = xmin even when a tail of equal values gives α = inf (numpy: 1**-inf = 1)
+        theoretical = 1.0 - jnp.exp(jnp.where(delta == 0.0, 0.0, (1.0 - alpha_i)[:, None] * delta))
         empirical = (j[None, :] - i[:, None]) / tail[:, None]
         in_tail = (j[None, :] >= i[:, None]) & (j[None, :] < end)
         return jnp.max(jnp.where(in_tail, jnp.abs(theoretical - empirical), 0.0), axis=1)

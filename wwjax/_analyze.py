@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from wwjax import _results
 from wwjax._layout import LeafInfo, MatrixShape, MatrixView, as_matrices, classify_leaf, matrix_shape
 from wwjax._layout import skip_reason_for_dtype
+from wwjax._diagnostics import add_diagnostics
 from wwjax._metrics import norm_metrics
 from wwjax._options import AnalyzeOptions, layer_selected, make_options
 from wwjax._powerlaw import fit_power_law
@@ -279,6 +280,13 @@ def analyze(params, **options):
       views: ``{path pattern: MatrixView}`` or a callable ``(path, shape) -> MatrixView | None`` for leaves the
         Flax rules cannot read (an Einsum kernel, a fused QKV).
       stacked: path patterns of leaves whose leading axis is a stack of layers (``nn.scan``, ``nnx.vmap``).
+      mp_fit: add the Marchenko–Pastur fit columns (``num_spikes``, ``sigma_mp``, ``mp_softrank``, ``W_scale``,
+        ``bulk_max``, ``bulk_min``). See ``docs/diagnostics.md``.
+      randomize: add the randomized-ESD and correlation-trap columns (``rand_distance``, ``ww_softrank``,
+        ``ww_maxdist``, ``max_rand_eval``, ``num_traps`` and the ``rand_*`` MP fit); needs ``key``.
+      key: an int seed or a ``jax.random`` key for ``randomize``: the same key gives the same numbers.
+      trap_elements: with ``randomize``, locate up to this many large elements per row (``trap_index``,
+        ``trap_value`` in ``extra``; ``num_trap_elements`` counts them all).
 
     Returns:
       A nested dict keyed like ``params`` whose nodes are :class:`LayerMetrics` (analysed) or :class:`SkippedLeaf`.
@@ -308,7 +316,12 @@ def analyze(params, **options):
             num_clipped=opts.num_clipped,
             tolerance=float(opts.tolerance),
         )
-        metrics = _compute(tuple(jnp.asarray(v) for _, v in analysed), spec)
+        values = tuple(jnp.asarray(v) for _, v in analysed)
+        metrics = _compute(values, spec)
+        # --- optional diagnostics: mp_fit, randomize (wwjax/_diagnostics.py) ---
+        metrics = add_diagnostics(spec.leaves, values, metrics, opts, method=spec.method,
+                                  scales=[_conv_scale(leaf, spec) for leaf in spec.leaves])
+        # --- end optional diagnostics ---
         for leaf, m in zip(spec.leaves, metrics):
             layer_index, slice_id = _row_labels(leaf)
             nodes[leaf.info.path] = _results.LayerMetrics(

@@ -25,6 +25,12 @@ class AnalyzeOptions:
     tolerance: float = 1e-6
     views: Mapping[str, MatrixView] | Callable | None = None
     stacked: tuple[str, ...] = ()
+    # --- optional diagnostics (wwjax/_diagnostics.py) ---
+    mp_fit: bool = False
+    randomize: bool = False
+    key: object = None  # an int seed or a jax.random key; randomize=True needs it
+    trap_elements: int = 0
+    # --- end optional diagnostics ---
 
     @property
     def num_clipped(self) -> int:
@@ -95,6 +101,9 @@ def make_options(**kwargs) -> AnalyzeOptions:
         ):
             raise TypeError("views must map path patterns to wwjax.MatrixView, or be a callable (path, shape) -> view")
     layers = _as_patterns(opts.layers, "layers")
+    from wwjax._diagnostics import check_options as check_diagnostics  # optional diagnostics
+
+    check_diagnostics(opts)
     return dataclasses.replace(opts, layers=layers, stacked=_as_patterns(opts.stacked, "stacked"))
 
 

@@ -38,6 +38,11 @@ def _figure(ax, ncols: int = 1, width: float = 6.4):
     return fig, axes
 
 
+def _num_bins(n: int) -> int:
+    """100 bins (WeightWatcher's) for large spectra, fewer for small ones, so that bins are not mostly empty."""
+    return int(np.clip(n // 4, 10, 100))
+
+
 def _done(fig, save):
     if save is not None:
         fig.savefig(Path(save), dpi=120)
@@ -92,7 +97,7 @@ def esd(layer, path: str | None = None, *, row: int = 0, ax=None, save=None):
     fitted = np.isfinite(alpha)
     floor = xmin / 100 if fitted else max(evals.max() * 0.004, EVALS_THRESH)
     shown = evals[evals > floor]
-    bins = np.logspace(np.log10(shown.min()), np.log10(shown.max()), 100)
+    bins = np.logspace(np.log10(shown.min()), np.log10(shown.max()), _num_bins(len(shown)))
     ax.hist(shown, bins=bins, density=True, color=ESD_COLOR, alpha=0.6, label="ESD")
     if fitted:
         tail = np.sort(evals[evals >= xmin])
@@ -138,7 +143,7 @@ def mp_fit(layer, path: str | None = None, *, row: int = 0, randomized: bool = F
         values, grid = x, np.linspace(bulk_min, bulk_max, 400)
         density = np.sqrt(np.clip((bulk_max - grid) * (grid - bulk_min), 0, None)) / (2 * np.pi * sigma**2 * grid / Q)
         xlabel = "rescaled eigenvalue W_scale²·λ"
-    ax.hist(values, bins=100, density=True, color=color, alpha=0.55, label="shuffled ESD" if randomized else "ESD")
+    ax.hist(values, bins=_num_bins(len(values)), density=True, color=color, alpha=0.55, label="shuffled ESD" if randomized else "ESD")
     ax.plot(grid, density, color=FIT_COLOR, lw=2, label=f"MP fit, σ = {sigma:.3f}")
     ax.axvline(edge, color=FIT_COLOR, ls="--", lw=1, label="bulk edge + Tracy–Widom")
     spikes = values[values > edge]
@@ -178,7 +183,7 @@ def randomized_esd(layer, path: str | None = None, *, row: int = 0, log: bool = 
     f = np.log10 if log else (lambda v: v)
     evals, rand = evals[evals > 0], rand[rand > 0]
     fig, ax = _figure(ax)
-    bins = np.linspace(f(min(evals.min(), rand.min())), f(max(evals.max(), rand.max())), 100)
+    bins = np.linspace(f(min(evals.min(), rand.min())), f(max(evals.max(), rand.max())), _num_bins(len(evals)))
     ax.hist(f(evals), bins=bins, density=True, color=ESD_COLOR, alpha=0.6, label="ESD")
     ax.hist(f(rand), bins=bins, density=True, color=RAND_COLOR, alpha=0.5, label="shuffled ESD")
     ax.axvline(f(rand.max()), color=TRAP_COLOR, lw=1.5, label="max_rand_eval")

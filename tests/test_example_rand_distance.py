@@ -15,6 +15,7 @@ pytest.importorskip("matplotlib")
 EXAMPLE = pathlib.Path(__file__).parent.parent / "examples" / "rand_distance_vs_alpha.py"
 
 
+@pytest.mark.slow  # trains a CNN (compilation included): ~15 s on an idle 2-core CPU
 def test_quick_run_writes_the_table_and_figures(tmp_path):
     spec = importlib.util.spec_from_file_location("rand_distance_vs_alpha", EXAMPLE)
     example = importlib.util.module_from_spec(spec)

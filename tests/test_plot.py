@@ -28,7 +28,8 @@ def test_esd_draws_the_fitted_power_law(result):
     assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
     xmin_line = [line for line in ax.lines if line.get_label().startswith("xmin")][0]
     assert xmin_line.get_xdata()[0] == pytest.approx(float(node.xmin[0]))
-    assert f"{float(node.alpha[0]):.2f}" in ax.get_legend().get_texts()[0].get_text() + ax.get_title()
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert f"power law, α = {float(node.alpha[0]):.2f}" in legend
 
 
 def test_randomized_esd_marks_the_trap(result, tmp_path):

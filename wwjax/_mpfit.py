@@ -60,7 +60,7 @@ def triangular_density(
     Example:
       >>> import jax.numpy as jnp
       >>> f = triangular_density(jnp.array([0.0, 1.0, 1.0]), 2, jnp.array([0.95, 1.0, 2.0]))
-      >>> [round(float(v), 6) for v in f]
+      >>> [round(float(v), 3) for v in f]
       [5.0, 10.0, 0.0]
     """
     n = y.shape[0]

@@ -55,15 +55,15 @@ def time_wwjax(params: dict, repeats: int) -> dict[str, float]:
     import wwjax
 
     def timed(options):
-        def call():
-            jax.block_until_ready(wwjax.analyze(params, **options))
+        def call(seed):
+            keyed = dict(options, key=seed) if options.get("randomize") else options
+            jax.block_until_ready(wwjax.analyze(params, **keyed))
 
-        call()  # compile
+        call(0)  # compile
         times = []
         for r in range(repeats):
-            options = dict(options, key=r) if options.get("randomize") else options
             start = time.perf_counter()
-            call()
+            call(r + 1)
             times.append(time.perf_counter() - start)
         return statistics.median(times)
 

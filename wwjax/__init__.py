@@ -33,6 +33,11 @@ from wwjax._penalty import add_spectral_penalty as add_spectral_penalty
 from wwjax._penalty import spectral_penalty as spectral_penalty
 from wwjax._power_iteration import PowerIteration as PowerIteration
 from wwjax._power_iteration import power_iteration as power_iteration
+# --- optional diagnostics (mp_fit, randomize) ---
+from wwjax._mpfit import MarchenkoPasturFit as MarchenkoPasturFit
+from wwjax._mpfit import fit_marchenko_pastur as fit_marchenko_pastur
+from wwjax._randomize import jensen_shannon_distance as jensen_shannon_distance
+# --- end optional diagnostics ---
 
 __version__ = "0.1.0"
 
@@ -40,6 +45,7 @@ __all__ = (
     "CompilationCount",
     "CheckpointScan",
     "LayerMetrics",
+    "MarchenkoPasturFit",
     "MatrixView",
     "SkippedLeaf",
     "analyze",
@@ -50,6 +56,8 @@ __all__ = (
     "distances",
     "fit_power_law",
     "load_params",
+    "fit_marchenko_pastur",
+    "jensen_shannon_distance",
     "load_safetensors",
     "path_matches",
     "scan_checkpoints",

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from wwjax import _engine, _results
 from wwjax._layout import LeafInfo, MatrixShape, MatrixView, classify_leaf, matrix_shape
 from wwjax._layout import skip_reason_for_dtype
+from wwjax._diagnostics import add_diagnostics
 from wwjax._options import AnalyzeOptions, layer_selected, make_options
 from wwjax._spectra import compute_dtype, rank_tolerance, resolve_method
 from wwjax._tree import flatten_params
@@ -159,6 +160,13 @@ def analyze(params, **options):
         a matrix over it alone has its Gram accumulated over blocks of rows. None: no limit.
       mesh: a ``jax.sharding.Mesh``: every batch of matrices (and of rows to fit) is split over all its devices;
         the metrics come back replicated. Works on params that are already sharded global arrays, multi-host too.
+      mp_fit: add the Marchenko–Pastur fit columns (``num_spikes``, ``sigma_mp``, ``mp_softrank``, ``W_scale``,
+        ``bulk_max``, ``bulk_min``). See ``docs/diagnostics.md``.
+      randomize: add the randomized-ESD and correlation-trap columns (``rand_distance``, ``ww_softrank``,
+        ``ww_maxdist``, ``max_rand_eval``, ``num_traps`` and the ``rand_*`` MP fit); needs ``key``.
+      key: an int seed or a ``jax.random`` key for ``randomize``: the same key gives the same numbers.
+      trap_elements: with ``randomize``, locate up to this many large elements per row (``trap_index``,
+        ``trap_value`` in ``extra``; ``num_trap_elements`` counts them all).
       fix_fingers: ``'clip_xmax'`` (with ``max_fingers=10``, ``finger_thresh=1.0``; adds ``num_fingers``,
         ``raw_alpha``) or ``'xmin_peak'`` (with ``xmin_max``); see ``docs/diagnostics-advanced.md``.
       detX: add ``detX_num``, ``detX_val``, ``detX_val_rescaled``, ``num_ERG_spikes``, ``ERG_gap``.
@@ -200,6 +208,10 @@ def analyze(params, **options):
             tail=TailOptions.from_options(opts),
             inverse=opts.inverse,
         )
+        # --- optional diagnostics: mp_fit, randomize (wwjax/_diagnostics.py) ---
+        metrics = add_diagnostics([p for p, _ in analysed], [jnp.asarray(v) for _, v in analysed], metrics, opts,
+                                  method=method, scales=[_conv_scale(p, opts) for p, _ in analysed])
+        # --- end optional diagnostics ---
         if opts.vectors:  # advanced diagnostics: eigenvector localisation, split at each row's xmin
             for (leaf, value), m in zip(analysed, metrics):
                 m["extra"].update(leaf_vector_metrics(

@@ -42,6 +42,12 @@ class AnalyzeOptions:
     conv2d_fft: bool = False
     fft_size: int = 32
     # --- end advanced diagnostics ---
+    # --- optional diagnostics (wwjax/_diagnostics.py) ---
+    mp_fit: bool = False
+    randomize: bool = False
+    key: object = None  # an int seed or a jax.random key; randomize=True needs it
+    trap_elements: int = 0
+    # --- end optional diagnostics ---
 
     @property
     def num_clipped(self) -> int:
@@ -119,6 +125,9 @@ def make_options(**kwargs) -> AnalyzeOptions:
 
     check_advanced_options(opts)
     layers = _as_patterns(opts.layers, "layers")
+    from wwjax._diagnostics import check_options as check_diagnostics  # optional diagnostics
+
+    check_diagnostics(opts)
     return dataclasses.replace(opts, layers=layers, stacked=_as_patterns(opts.stacked, "stacked"))
 
 

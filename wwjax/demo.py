@@ -43,12 +43,12 @@ def load_digits(seed: int = 0):
     return (images[train], data.target[train]), (images[test], data.target[test])
 
 
-def train(steps: int = 300, batch_size: int = 64, seed: int = 0):
+def train(steps: int = 300, batch_size: int = 64, seed: int = 0, learning_rate: float = 1e-3):
     """Trains :class:`DigitsCNN` with Adam; returns the params and the test accuracy."""
     (x_train, y_train), (x_test, y_test) = load_digits(seed)
     model = DigitsCNN()
     params = model.init(jax.random.key(seed), x_train[:1])["params"]
-    tx = optax.adam(1e-3)
+    tx = optax.adam(learning_rate)
     opt_state = tx.init(params)
 
     @jax.jit

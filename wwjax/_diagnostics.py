@@ -1,0 +1,225 @@
+"""The optional columns of :func:`wwjax.analyze`: ``mp_fit=True`` and ``randomize=True`` (with correlation traps).
+
+Called once after the rows' spectra and fits exist. Everything is batched like the core: MP fits of all rows of
+similar ESD length in one vmapped call; the shuffled matrices of all leaves bucketed by shape, one eigen-solve per
+bucket. The columns go to ``LayerMetrics.extra`` (``details`` tables the 1-D ones):
+
+* ``mp_fit``: ``num_spikes, sigma_mp, mp_softrank, W_scale, bulk_max, bulk_min``;
+* ``randomize``: ``max_rand_eval, rand_distance, ww_softrank, ww_maxdist, rand_num_spikes, num_traps,
+  rand_sigma_mp, rand_mp_softrank, rand_W_scale, rand_bulk_max, rand_bulk_min`` and, not tabled, ``rand_esd``
+  (the pooled shuffled spectrum ``R1``, ascending);
+* ``trap_elements=k``: ``num_trap_elements`` (elements large enough to make an eigenvalue escape the shuffled
+  bulk on their own) and, not tabled, ``trap_index`` ``(rows, k, leaf.ndim)`` / ``trap_value`` ``(rows, k)``: where
+  the k largest of them sit in the leaf (−1 / NaN where fewer exist).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections import defaultdict
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from wwjax import _results
+from wwjax._layout import MatrixView, as_matrices
+from wwjax._mpfit import MarchenkoPasturFit, fit_marchenko_pastur_rows
+from wwjax._randomize import as_key, jensen_shannon_distance, leaf_key, num_replicas, shuffled, trap_threshold
+from wwjax._spectra import slice_spectra
+
+MP_COLUMNS = ("num_spikes", "sigma_mp", "mp_softrank", "W_scale", "bulk_max", "bulk_min")
+
+
+def check_options(opts) -> None:
+    """Raises a TypeError/ValueError that says what to change in the diagnostics options."""
+    for flag in ("mp_fit", "randomize"):
+        if not isinstance(getattr(opts, flag), bool):
+            raise TypeError(f"{flag} must be True or False, got {getattr(opts, flag)!r}")
+    if opts.randomize and opts.key is None:
+        raise ValueError("randomize=True shuffles the weights: pass key= (an int seed or a jax.random key), e.g. key=0")
+    if opts.key is not None:
+        as_key(opts.key)
+    k = opts.trap_elements
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise ValueError(f"trap_elements must be an int >= 0 (how many large elements to locate per row), got {k!r}")
+    if k and not opts.randomize:
+        raise ValueError("trap_elements needs randomize=True (the threshold comes from the shuffled bulk edge)")
+
+
+def _padded_size(n: int, minimum: int = 8) -> int:
+    return max(minimum, 1 << (n - 1).bit_length())
+
+
+def fit_rows_grouped(rows: list, shapes: list[tuple[int, int]]) -> list[MarchenkoPasturFit]:
+    """MP fits of every row of every ``(r, n)`` array; rows of similar length share one vmapped call."""
+    groups: dict[int, list[int]] = defaultdict(list)
+    for i, evals in enumerate(rows):
+        groups[_padded_size(evals.shape[-1])].append(i)
+    out: list = [None] * len(rows)
+    for n_pad, members in groups.items():
+        counts = [rows[i].shape[0] for i in members]
+        r_pad = _padded_size(sum(counts), minimum=1) - sum(counts)
+        dtype = rows[members[0]].dtype
+        evals = jnp.concatenate([jnp.pad(rows[i], ((0, 0), (n_pad - rows[i].shape[1], 0))) for i in members]
+                                + [jnp.ones((r_pad, n_pad), dtype)])
+        # Shapes are static: the per-row constants are built on the host.
+        Q = np.concatenate([np.full(c, shapes[i][0] / shapes[i][1]) for i, c in zip(members, counts)]
+                           + [np.full(r_pad, 2.0)]).astype(dtype)
+        M = np.concatenate([np.full(c, shapes[i][1]) for i, c in zip(members, counts)] + [np.full(r_pad, n_pad)])
+        valid = np.concatenate([np.full(c, rows[i].shape[1]) for i, c in zip(members, counts)]
+                               + [np.full(r_pad, n_pad)])
+        fits = fit_marchenko_pastur_rows(evals, Q, M, valid)
+        offset = 0
+        for i, count in zip(members, counts):
+            out[i] = jax.tree.map(lambda v: v[offset : offset + count], fits)  # noqa: B023
+            offset += count
+    return out
+
+
+def _mp_columns(fit: MarchenkoPasturFit, prefix: str) -> dict:
+    names = {"num_spikes": "num_spikes"} if not prefix else {"num_spikes": "rand_num_spikes"}
+    return {names.get(c, prefix + c): getattr(fit, c) for c in MP_COLUMNS}
+
+
+@functools.partial(jax.jit, static_argnames=("view", "dtype"))
+def _finite_matrices(value, view: MatrixView, dtype):
+    """A leaf as ``(L, K, N, M)`` matrices, non-finite ones zeroed (their rows are already marked failed)."""
+    mats = as_matrices(value.astype(dtype), view)
+    ok = jnp.all(jnp.isfinite(mats), axis=(-2, -1))
+    return jnp.where(ok[..., None, None], mats, 0.0)
+
+
+@functools.partial(jax.jit, static_argnames=("replicas",))
+def _shuffle_leaf(key, mats, replicas: int):
+    L, K, n, m = mats.shape
+    return shuffled(key, mats.reshape(L * K, n, m), replicas).reshape(-1, n, m)
+
+
+@functools.partial(jax.jit, static_argnames=("replicas", "pool", "scale", "L", "K"))
+def _random_rows(evals, *, replicas: int, pool: bool, scale: float, L: int, K: int):
+    """Shuffled spectra ``(replicas + 1, L·K, m)`` → ``R1`` and ``R2`` rows, pooled like the ESD rows."""
+    m = evals.shape[-1]
+    evals = evals.reshape(replicas + 1, L, K, m) * scale
+    r1, r2 = evals[:replicas], evals[replicas]
+    if pool:
+        r1 = r1.transpose(1, 0, 2, 3).reshape(L, replicas * K * m)
+        r2 = r2.reshape(L, K * m)
+    else:
+        r1 = r1.transpose(1, 2, 0, 3).reshape(L * K, replicas * m)
+        r2 = r2.reshape(L * K, m)
+    return jnp.sort(r1, axis=-1), jnp.sort(r2, axis=-1)
+
+
+
+def _random_spectra(leaves, values, key, method: str, dtype, scales, pool: bool):
+    """``(R1, R2)`` rows of every leaf: the shuffles of all leaves bucketed by shape, one eigen-solve per bucket."""
+    shuffles, buckets = [], defaultdict(list)
+    for i, (leaf, value) in enumerate(zip(leaves, values)):
+        mats = _finite_matrices(value, leaf.view, dtype)
+        reps = num_replicas(leaf.shape.M)
+        shuffles.append(_shuffle_leaf(leaf_key(key, leaf.info.path), mats, reps + 1))
+        buckets[shuffles[-1].shape[-2:]].append(i)
+    spectra = [None] * len(leaves)
+    for members in buckets.values():
+        batch = jnp.concatenate([shuffles[i] for i in members]) if len(members) > 1 else shuffles[members[0]]
+        evals = slice_spectra(batch, method=method).evals
+        offset = 0
+        for i in members:
+            count = shuffles[i].shape[0]
+            spectra[i] = evals[offset : offset + count]
+            offset += count
+    return [
+        _random_rows(s, replicas=num_replicas(leaf.shape.M), pool=pool, scale=scale,
+                     L=leaf.shape.num_layers, K=leaf.shape.num_slices)
+        for leaf, s, scale in zip(leaves, spectra, scales)
+    ]
+
+
+@functools.partial(jax.jit, static_argnames=("view", "shape", "k", "pool", "scale", "N", "M"))
+def _trap_elements(value, bulk_max, *, view: MatrixView, shape: tuple, k: int, pool: bool, scale: float, N: int,
+                   M: int):
+    """Elements whose (scaled) square passes the one-element escape threshold: their count, and the k largest."""
+    mats = as_matrices(value.astype(bulk_max.dtype), view)
+    where = as_matrices(jnp.arange(int(np.prod(shape))).reshape(shape), view)
+    L, K = mats.shape[:2]
+    rows = L if pool else L * K
+    mats, where = mats.reshape(rows, -1), where.reshape(rows, -1)
+    threshold = trap_threshold(bulk_max, N, M)[:, None]
+    large = jnp.where(jnp.isfinite(mats), mats * mats * scale, 0.0) > threshold
+    k = min(k, mats.shape[1])
+    magnitude, order = jax.lax.top_k(jnp.where(large, jnp.abs(mats), -1.0), k)
+    found = magnitude >= 0
+    index = jnp.stack(jnp.unravel_index(jnp.take_along_axis(where, order, axis=1), shape), axis=-1)
+    return (
+        jnp.sum(large, axis=1),
+        jnp.where(found[..., None], index, -1),
+        jnp.where(found, jnp.take_along_axis(mats, order, axis=1), jnp.nan),
+    )
+
+
+def _masked(columns: dict, ok) -> dict:
+    """NaN (floats) / −1 (ints) in rows whose weights were not finite."""
+    def mask(v):
+        fill = jnp.nan if jnp.issubdtype(v.dtype, jnp.floating) else -1
+        return jnp.where(ok.reshape(ok.shape + (1,) * (v.ndim - 1)), v, fill)
+
+    return {name: mask(v) for name, v in columns.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """What the diagnostics program needs to know statically (hashable: it keys the compilation cache)."""
+
+    leaves: tuple
+    scales: tuple[float, ...]
+    method: str
+    pool: bool
+    mp_fit: bool
+    randomize: bool
+    trap_elements: int
+
+
+@functools.partial(jax.jit, static_argnames=("plan",))
+def _columns(values, esds, ok, key, *, plan: _Plan) -> list[dict]:
+    """Every optional column of every leaf, as one program (compiled once per model structure)."""
+    leaves = plan.leaves
+    extras: list[dict] = [{} for _ in leaves]
+    shapes = [(leaf.shape.N, leaf.shape.M) for leaf in leaves]
+    if plan.mp_fit:
+        for extra, fit in zip(extras, fit_rows_grouped(list(esds), shapes)):
+            extra.update(_mp_columns(fit, ""))
+    if plan.randomize:
+        rand = _random_spectra(leaves, values, key, plan.method, esds[0].dtype, plan.scales, plan.pool)
+        fits = fit_rows_grouped([r1 for r1, _ in rand], shapes)
+        for i, (extra, esd, (r1, r2), fit) in enumerate(zip(extras, esds, rand, fits)):
+            extra.update(
+                max_rand_eval=r1[:, -1],
+                rand_distance=jax.vmap(jensen_shannon_distance)(esd, r2),
+                ww_softrank=r2[:, -1] / esd[:, -1],
+                ww_maxdist=esd[:, -1] - r2[:, -1],
+            )
+            extra.update(_mp_columns(fit, "rand_"))
+            extra["num_traps"] = fit.num_spikes
+            if plan.trap_elements:
+                leaf = leaves[i]
+                count, index, value = _trap_elements(
+                    values[i], fit.bulk_max, view=leaf.view, shape=tuple(leaf.info.shape), k=plan.trap_elements,
+                    pool=plan.pool, scale=plan.scales[i], N=leaf.shape.N, M=leaf.shape.M,
+                )
+                extra.update(num_trap_elements=count, trap_index=index, trap_value=value)
+            extra["rand_esd"] = r1
+    return [_masked(extra, row_ok) for extra, row_ok in zip(extras, ok)]
+
+
+def add_diagnostics(leaves, values, metrics: list[dict], opts, *, scales, method: str) -> list[dict]:
+    """Adds the ``mp_fit`` / ``randomize`` columns to each leaf's metrics (under the key ``extra``)."""
+    if not (opts.mp_fit or opts.randomize):
+        return metrics
+    plan = _Plan(tuple(leaves), tuple(float(s) for s in scales), method, opts.pool, opts.mp_fit, opts.randomize,
+                 opts.trap_elements)
+    key = as_key(opts.key) if opts.randomize else None
+    ok = [m["status_code"] != _results.STATUS_NON_FINITE for m in metrics]
+    extras = _columns(tuple(values), tuple(m["esd"] for m in metrics), ok, key, plan=plan)
+    return [dict(m, extra={**m.get("extra", {}), **extra}) for m, extra in zip(metrics, extras)]

@@ -152,3 +152,15 @@ def test_parquet_output_or_a_clear_line(tmp_path, capsys):
         assert status == 1 and "--parquet needs pyarrow" in capsys.readouterr().err
     else:
         assert status == 0 and set(pd.read_parquet(tmp_path / "t.parquet").path) >= {"Dense_0/kernel"}
+
+
+def test_analyze_plot_writes_one_esd_figure_per_matrix(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    model = tmp_path / "flax_model.msgpack"
+    model.write_bytes(serialization.msgpack_serialize(_params(2)))
+    assert cli.main(["analyze", str(model), "--plot", str(tmp_path / "figures"), "--csv", str(tmp_path / "t.csv")]) == 0
+    written = sorted(p.name for p in (tmp_path / "figures").iterdir())
+    assert written == ["Dense_0.kernel.esd.png", "Dense_1.kernel.esd.png", "alpha_by_layer.png"]
+    assert all((tmp_path / "figures" / name).read_bytes()[:4] == b"\x89PNG" for name in written)
+    table = pd.read_csv(tmp_path / "t.csv")
+    assert table.set_index("path").loc["Dense_0/kernel", "status"] == "success"

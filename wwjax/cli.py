@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_checkpoint_options(analyze)
     _add_analyze_options(analyze)
     _add_output_options(analyze, "the per-layer table (and FILE's stem + '.summary' the summary)")
+    analyze.add_argument("--plot", metavar="DIR",
+                         help="write figures to DIR: each layer's log-log ESD with its power-law fit, and alpha by "
+                              "layer (needs matplotlib)")
 
     scan = commands.add_parser(
         "scan", help="every step of a training run: trend table and PNG",
@@ -140,7 +143,12 @@ def _run_analyze(args) -> None:
     from wwjax._formats import detect_format, load_params
 
     options = _analyze_options(args)
-    if detect_format(args.path) == "orbax":
+    if args.plot:  # the figures need the spectra themselves, so the params are read whole
+        params = load_params(args.path, step=args.step, item=args.item, subtree=args.subtree)
+        result = wwjax.analyze(params, **options)
+        table, summary = wwjax.details(result), pd.DataFrame([wwjax.summary(result)])
+        _plot(result, pathlib.Path(args.plot))
+    elif detect_format(args.path) == "orbax":
         scan = wwjax.analyze_checkpoint(args.path, step=args.step, item=args.item, subtree=args.subtree, **options)
         table, summary = scan.details, scan.summary
     else:
@@ -154,6 +162,31 @@ def _run_analyze(args) -> None:
     print("\nsummary: " + ", ".join(f"{k}={v:.4g}" for k, v in means.items()
                                      if isinstance(v, float) and k != "step"))
     _write(table, args, summary)
+
+
+def _plot(result, directory: pathlib.Path) -> None:
+    """One log-log ESD figure per analysed matrix and alpha by layer, written to ``directory``."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ValueError("--plot needs matplotlib (pip install 'wwjax[plot]')") from None
+    import wwjax.plot
+    from wwjax import _results
+
+    directory.mkdir(parents=True, exist_ok=True)
+    written = 0
+    for node in _results.iter_nodes(result):
+        if isinstance(node, _results.LayerMetrics):
+            for row in range(len(node.layer_index)):
+                suffix = f".{row}" if len(node.layer_index) > 1 else ""
+                fig = wwjax.plot.esd(node, row=row, save=directory / f"{node.path.replace('/', '.')}{suffix}.esd.png")
+                plt.close(fig)
+                written += 1
+    plt.close(wwjax.plot.layers(result, "alpha", save=directory / "alpha_by_layer.png"))
+    print(f"wrote {written + 1} figures to {directory}", file=sys.stderr)
 
 
 def _run_scan(args) -> None:

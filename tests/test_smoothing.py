@@ -78,6 +78,11 @@ def test_mp_spike_rank_reads_num_spikes_from_the_result(golden_params, x64):
     sv = np.linalg.svd(smoothed["w"]["kernel"], compute_uv=False)
     np.testing.assert_allclose(sv[:3], np.sqrt(evals[::-1][:3]), rtol=1e-10)
     assert sv[3] < 1e-10 * sv[0]
+    # Without a result, smoothing runs the shared MP fit itself, which finds the same three spikes.
+    fitted = wwjax.analyze(params, conv2d_norm=False, mp_fit=True)["w"]["kernel"].extra["num_spikes"]
+    assert int(fitted[0]) == spikes
+    np.testing.assert_allclose(wwjax.svd_smoothing(params, method="mp_spikes")["w"]["kernel"], smoothed["w"]["kernel"],
+                               rtol=1e-10, atol=1e-12)
 
 
 def test_sharpness_removes_the_trap_directions(golden_params, x64):

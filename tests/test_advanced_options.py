@@ -28,6 +28,7 @@ def test_bad_options_say_what_to_change(options, error, match):
         wwjax.analyze({"w": np.ones((16, 8), np.float32)}, **options)
 
 
+@pytest.mark.slow
 def test_advanced_columns_under_jit_and_eager_agree():
     params = {"dense": {"kernel": heavy_tailed(np.random.default_rng(0), (40, 24))},
               "conv": {"kernel": heavy_tailed(np.random.default_rng(1), (2, 2, 8, 12))}}  # one padded length: 32

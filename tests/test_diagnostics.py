@@ -86,6 +86,7 @@ def test_randomized_columns_follow_their_definitions(shape, x64):
     assert 0 < row.rand_distance < 1
 
 
+@pytest.mark.slow
 def test_randomize_is_reproducible_jitted_or_not():
     rng = np.random.default_rng(2)
     params = {"Conv_0": {"kernel": heavy_tailed(rng, (3, 3, 8, 16))}}

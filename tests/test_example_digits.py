@@ -24,6 +24,7 @@ def example():
     sys.modules.pop(spec.name, None)
 
 
+@pytest.mark.slow
 def test_each_way_trains_and_reports_its_spectra(example):
     (x_train, y_train), test = example.load_digits()
     data = ((x_train[:640], y_train[:640]), test)  # 10 steps of 64 per variant

@@ -110,6 +110,7 @@ class NnxNet(nnx.Module):
         return self.dense(x)
 
 
+@pytest.mark.slow
 def test_nnx_trains_switches_modes_and_matches_linen():
     x, y = _data()
     model = NnxNet(nnx.Rngs(0))

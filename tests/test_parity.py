@@ -69,7 +69,9 @@ def _check_config(config: str, params: dict, svd_method: str, rtol: float, exact
     return joined
 
 
-@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize(
+    "config", [c if c in ("default", "pool_false") else pytest.param(c, marks=pytest.mark.slow) for c in CONFIGS]
+)
 def test_parity_float64_svd(config, golden_params, x64):
     joined = _check_config(config, golden_params, "accurate", rtol=1e-6, exact_ranks=True)
     # sv_min: WeightWatcher takes the largest of the per-slice minima; ours is the smallest singular value.
@@ -77,7 +79,7 @@ def test_parity_float64_svd(config, golden_params, x64):
     _assert_close(single[single.path != FAILED_FIT], ["sv_min"], 1e-6)
 
 
-@pytest.mark.parametrize("config", ["default", "pool_false"])
+@pytest.mark.parametrize("config", ["default", pytest.param("pool_false", marks=pytest.mark.slow)])
 def test_parity_float64_gram(config, golden_params, x64):
     joined = _check_config(config, golden_params, "fast", rtol=1e-6, exact_ranks=False)
     _assert_close(joined[joined.path != FAILED_FIT], RANK_COLUMNS, 1e-6)

@@ -196,8 +196,10 @@ def analyze(params, **options):
     nodes: dict[str, Any] = {}
     if analysed:
         method, dtype = resolve_method(opts.svd_method), compute_dtype(None)
+        # device_put, not jnp.asarray: the latter compiles a small program per (shape, dtype) of numpy input.
+        values = [v if isinstance(v, jax.Array) else jax.device_put(v) for _, v in analysed]
         metrics = _engine.compute(
-            [jnp.asarray(v) for _, v in analysed],
+            values,
             [_engine_plan(p, opts, method, dtype) for p, _ in analysed],
             method=method,
             dtype=dtype,
@@ -209,13 +211,13 @@ def analyze(params, **options):
             inverse=opts.inverse,
         )
         # --- optional diagnostics: mp_fit, randomize (wwjax/_diagnostics.py) ---
-        metrics = add_diagnostics([p for p, _ in analysed], [jnp.asarray(v) for _, v in analysed], metrics, opts,
+        metrics = add_diagnostics([p for p, _ in analysed], values, metrics, opts,
                                   method=method, scales=[_conv_scale(p, opts) for p, _ in analysed])
         # --- end optional diagnostics ---
         if opts.vectors:  # advanced diagnostics: eigenvector localisation, split at each row's xmin
             for (leaf, value), m in zip(analysed, metrics):
                 m["extra"].update(leaf_vector_metrics(
-                    jnp.asarray(value), leaf.view, scale=_conv_scale(leaf, opts), pool=opts.pool,
+                    jax.device_put(value), leaf.view, scale=_conv_scale(leaf, opts), pool=opts.pool,
                     num_tail=jnp.where(jnp.isnan(m["xmin"]), -1, jnp.sum(m["esd"] >= m["xmin"][:, None], axis=1)),
                     fft_size=leaf.fft_size, method=method,
                 ))

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -282,13 +283,13 @@ def _mark_failed(metrics: dict, code: int) -> dict:
 def fit_group(
     parts: tuple, *, leaves: tuple[LeafPlan, ...], part_slices: tuple, num_clipped: int, tolerance: float, dtype,
     mesh=None, ks_elements: int = _KS_BLOCK_ELEMENTS, tail: TailOptions = TailOptions(), inverse: bool = False,
-) -> list[dict]:
+) -> tuple[dict, list]:
     """Fits every row of a group of leaves whose ESDs pad to the same length, in one vmapped call.
 
     ``parts[j]`` holds the bucket outputs ``(evals, rank, finite)`` in which leaf ``leaves[j]``'s matrices lie, in
     order, and ``part_slices[j]`` the static ``(offset, count)`` of its matrices in each. Slicing here, inside the
-    program, rather than on the host keeps the glue out of the compilation count. Returns per leaf a dict of
-    per-row metrics (plus ``rank_loss`` and ``esd``).
+    program, rather than on the host keeps the glue out of the compilation count. Returns the group's per-row
+    metrics (rows of all leaves in order, then padding) and per leaf its ``(rank_loss, esd)``.
     """
     spectra = []
     for leaf_parts, slices in zip(parts, part_slices):
@@ -319,9 +320,22 @@ def fit_group(
         evals, num_valid, tol, finite = _split_batch((evals, num_valid, tol, finite), mesh)
     metrics = _replicated(fit(evals, num_valid, tol, finite), mesh)
 
+    # The group's metrics are returned whole and split per leaf by the caller: slicing ~25 columns for every leaf
+    # here would multiply the program's size (and its compilation time) by the number of leaves.
+    return metrics, [(rank_loss, ev) for ev, rank_loss, _ in rows]
+
+
+def _split_group(metrics: dict, per_leaf: list, leaves: Sequence[LeafPlan], num_clipped: int) -> list[dict]:
+    """Per-leaf metrics from a group's. Outside ``jit`` the columns are split on the host (one transfer each, no
+    compilation); under ``jit`` the slices are part of the traced program."""
+    traced = any(isinstance(v, jax.core.Tracer) for v in jax.tree.leaves(metrics))
+    if not traced:
+        metrics = jax.tree.map(np.asarray, metrics)
     out, offset = [], 0
-    for (ev, rank_loss, _), leaf, count in zip(rows, leaves, counts):
-        mine = jax.tree.map(lambda v, o=offset, c=count: v[o : o + c], metrics)
+    for (rank_loss, ev), leaf in zip(per_leaf, leaves):
+        count = leaf.num_rows
+        cut = (lambda v, o=offset: v[o : o + count]) if traced else (lambda v, o=offset: jax.device_put(v[o : o + count]))
+        mine = jax.tree.map(cut, metrics)
         if num_clipped > leaf.row_length / 2:  # WeightWatcher still fits here; we refuse and say why
             mine = _mark_failed(mine, _results.STATUS_XMAX_TOO_LARGE)
         mine["rank_loss"] = rank_loss
@@ -367,14 +381,15 @@ def compute(
     out: list = [None] * len(leaves)
     for members in groups.values():
         ordered = [sorted(pieces[i], key=lambda part: part[0]) for i in members]
-        metrics = fit_group(
+        metrics, per_leaf = fit_group(
             tuple(tuple((ev, rk, ok) for _, ev, rk, ok, _, _ in parts) for parts in ordered),
             leaves=tuple(leaves[i] for i in members),
             part_slices=tuple(tuple((o, c) for *_, o, c in parts) for parts in ordered),
             num_clipped=num_clipped, tolerance=tolerance, dtype=dtype, mesh=mesh, ks_elements=ks_elements,
             tail=tail, inverse=inverse,
         )
-        for i, m in zip(members, metrics):
+        group_leaves = [leaves[i] for i in members]
+        for i, m in zip(members, _split_group(metrics, per_leaf, group_leaves, num_clipped)):
             out[i] = m
     return out
 

@@ -140,6 +140,7 @@ def test_vectors(golden_params, x64):
     assert exact >= 1
 
 
+@pytest.mark.slow
 def test_xmin_peak(golden_params, x64):
     cases = ["conv1x1", "conv3x3_up", "dense_wide", "dense_square", "heavy"]
     params = _subset(golden_params, cases)

@@ -36,7 +36,7 @@ MP_CASES = ("dense_wide", "heavy", "conv3x3_up", "conv2x2_down", "rank1", "train
 
 
 @pytest.mark.parametrize("pool,cases", [
-    (True, MP_CASES),
+    pytest.param(True, MP_CASES, marks=pytest.mark.slow),
     (False, ("conv2x2_up", "conv2x2_down")),
     pytest.param(True, None, marks=pytest.mark.slow),
     pytest.param(False, None, marks=pytest.mark.slow),

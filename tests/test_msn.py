@@ -60,6 +60,7 @@ def _train_linen(steps: int):
     return model, params, stats, losses
 
 
+@pytest.mark.slow
 def test_linen_after_training_effective_weights_have_unit_spectral_norm_and_eval_is_deterministic():
     model, params, stats, losses = _train_linen(steps=60)
     assert np.mean(losses[-8:]) < np.mean(losses[:8])  # it learns

@@ -41,6 +41,7 @@ def test_randomized_esd_marks_the_trap(result, tmp_path):
     assert len(traps) == 1 and len(traps[0].get_xdata()) == int(node.extra["num_traps"][0]) >= 1
 
 
+@pytest.mark.slow
 def test_mp_fit_matches_the_analysis_and_needs_randomize_for_the_shuffled_one(result):
     node = result["planted"]["kernel"]
     fig = wwjax.plot.mp_fit(node)

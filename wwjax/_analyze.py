@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections import defaultdict
 from typing import Any
 
 import jax
@@ -66,27 +65,33 @@ def _size_skip(planned: _PlannedLeaf, opts: AnalyzeOptions) -> str | None:
     return None
 
 
+def view_or_skip(
+    info: LeafInfo, collection_skip: str | None, views, stacked: tuple[str, ...], layers: tuple[str, ...]
+) -> MatrixView | _results.SkippedLeaf:
+    """How a leaf becomes matrices, or why it is left out: the rules every consumer of leaves shares (analysis,
+    distances, the spectral penalty), so that a leaf means the same thing everywhere."""
+    skipped = functools.partial(_results.SkippedLeaf, info.path, shape=info.shape)
+    if collection_skip:
+        return skipped(collection_skip)
+    view = classify_leaf(info, views, stacked)
+    if isinstance(view, str):
+        return skipped(view)
+    reason = skip_reason_for_dtype(info.dtype)
+    if reason is None and 0 in info.shape:
+        reason = f"zero-size dimension in shape {info.shape}"
+    if reason is None and not layer_selected(info.path, view.layer_type, layers):
+        reason = f"not selected by layers={list(layers)}"
+    return skipped(reason, layer_type=view.layer_type) if reason else view
+
+
 def plan(leaves: list[tuple[LeafInfo, Any, str | None]], opts: AnalyzeOptions) -> list[_PlannedLeaf | _results.SkippedLeaf]:
     """Host-side plan from shapes only: a view for every analysed leaf, a reason for every other one."""
     planned = []
     for info, _, collection_skip in leaves:
         skipped = functools.partial(_results.SkippedLeaf, info.path, shape=info.shape)
-        if collection_skip:
-            planned.append(skipped(collection_skip))
-            continue
-        view = classify_leaf(info, opts.views, opts.stacked)
-        if isinstance(view, str):
-            planned.append(skipped(view))
-            continue
-        dtype_reason = skip_reason_for_dtype(info.dtype)
-        if dtype_reason:
-            planned.append(skipped(dtype_reason, layer_type=view.layer_type))
-            continue
-        if 0 in info.shape:
-            planned.append(skipped(f"zero-size dimension in shape {info.shape}", layer_type=view.layer_type))
-            continue
-        if not layer_selected(info.path, view.layer_type, opts.layers):
-            planned.append(skipped(f"not selected by layers={list(opts.layers)}", layer_type=view.layer_type))
+        view = view_or_skip(info, collection_skip, opts.views, opts.stacked, opts.layers)
+        if isinstance(view, _results.SkippedLeaf):
+            planned.append(view)
             continue
         leaf = _PlannedLeaf(info, view, matrix_shape(info.shape, view), pooled=opts.pool)
         if opts.conv2d_fft and view.layer_type in _CONV_TYPES:  # advanced diagnostics: the conv operator

@@ -27,8 +27,9 @@ from jaxtyping import Array, Float
 
 from wwjax import _results
 from wwjax._conv_operator import conv_frequency_matrices
-from wwjax._layout import MatrixView, as_matrices, classify_leaf, matrix_shape, skip_reason_for_dtype
-from wwjax._options import _as_patterns, layer_selected
+from wwjax._analyze import view_or_skip
+from wwjax._layout import MatrixView, as_matrices
+from wwjax._options import _as_patterns
 from wwjax._power_iteration import initial_vectors, power_iteration
 from wwjax._tree import flatten_params
 
@@ -134,25 +135,14 @@ class SpectralPenalty:
         mask = _as_mask_leaves(self.mask, params, len(leaves))
         planned = []
         for index, (info, _, collection_skip) in enumerate(leaves):
-            skipped = lambda reason, **kw: _results.SkippedLeaf(info.path, reason, shape=info.shape, **kw)  # noqa: E731
-            if collection_skip:
-                planned.append(skipped(collection_skip))
-                continue
-            view = classify_leaf(info, self.views, self.stacked)
-            if isinstance(view, str):
-                planned.append(skipped(view))
-                continue
-            reason = skip_reason_for_dtype(info.dtype)
-            if reason is None and 0 in info.shape:
-                reason = f"zero-size dimension in shape {info.shape}"
-            if reason is None and not layer_selected(info.path, view.layer_type, self.layers):
-                reason = f"not selected by layers={list(self.layers)}"
-            if reason is None and mask is not None and not mask[index]:
-                reason = "masked out"
-            if reason:
-                planned.append(skipped(reason, layer_type=view.layer_type))
-                continue
-            planned.append(self._penalized(info, index, view))
+            view = view_or_skip(info, collection_skip, self.views, self.stacked, self.layers)
+            if isinstance(view, _results.SkippedLeaf):
+                planned.append(view)
+            elif mask is not None and not mask[index]:
+                planned.append(_results.SkippedLeaf(info.path, "masked out", shape=info.shape,
+                                                    layer_type=view.layer_type))
+            else:
+                planned.append(self._penalized(info, index, view))
         return planned
 
     def _penalized(self, info, index: int, view: MatrixView) -> PenalizedLeaf:

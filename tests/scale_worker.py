@@ -18,6 +18,8 @@ import os
 import re
 import sys
 
+import numpy as np
+
 
 def _load(path):
     import numpy as np
@@ -81,7 +83,9 @@ def main(argv):
         analyze = jax.jit(functools.partial(wwjax.analyze, mesh=mesh))
         jitted = wwjax.details(analyze(params))
         numeric = eager.select_dtypes("number").columns
-        assert jitted[numeric].fillna(-1).equals(eager[numeric].fillna(-1)), "jitted on sharded params differs"
+        # Same numbers up to rounding: XLA may fuse a whole jitted analysis differently from its eager programs.
+        assert np.allclose(jitted[numeric].fillna(-1).to_numpy(float), eager[numeric].fillna(-1).to_numpy(float),
+                           rtol=1e-12, atol=0), "jitted on sharded params differs"
         hlo = analyze.lower(params).compile().as_text()
         # The batched symmetric eigen-solve's operand shapes: the leading (batch) axis is per device.
         batches = sorted({m.group(1) for m in re.finditer(r"f64\[(\d+),\d+,\d+\][^\n]*custom_call_target=\"[^\"]*syevd", hlo)})

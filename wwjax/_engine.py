@@ -21,13 +21,16 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from collections import defaultdict
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import AxisType, Mesh, NamedSharding, SingleDeviceSharding
 from jax.sharding import PartitionSpec as P
 
 from wwjax import _results
@@ -214,16 +217,6 @@ def solve_bucket(values: tuple, *, views: tuple[MatrixView, ...], bucket: Bucket
     return spectra.evals, spectra.rank, finite
 
 
-def _leaf_rows(evals, rank, finite, leaf: LeafPlan):
-    """One leaf's per-matrix spectra → its rows: pooled over kernel positions, or one row per position."""
-    L, K, m = leaf.shape.num_layers, leaf.shape.num_slices, leaf.shape.M  # noqa: N806
-    evals = evals.reshape(L, K, m) * leaf.scale
-    rank_loss = (m - rank).reshape(L, K)
-    if leaf.pool:
-        return jnp.sort(evals.reshape(L, K * m), axis=-1), rank_loss.sum(-1), finite.reshape(L, K).all(-1)
-    return evals.reshape(L * K, m), rank_loss.reshape(-1), finite.reshape(-1)
-
-
 def _fit_rows(
     evals, num_valid, rank_tol, finite, *, num_clipped: int, tolerance: float, block: int, tail: TailOptions
 ) -> dict:
@@ -275,71 +268,111 @@ def _mark_failed(metrics: dict, code: int) -> dict:
     return metrics
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=("leaves", "part_slices", "num_clipped", "tolerance", "dtype", "mesh", "ks_elements", "tail",
-                     "inverse"),
-)
+class RowIndex(NamedTuple):
+    """Where each row of a fit group comes from, as indices into the group's flattened spectra.
+
+    ``evals[r]`` indexes the concatenated, flattened eigenvalues of the group's sources (bucket outputs) with one
+    extra slot at the end for padding; ``matrices[r]`` indexes their matrices (again with a padding slot last).
+    Indices are data, not static arguments: the program depends only on the group's shapes, so groups and models
+    that share them share one compilation.
+    """
+
+    evals: np.ndarray  # (rows, n_pad) int32, padding in front
+    matrices: np.ndarray  # (rows, max matrices per row) int32
+    scale: np.ndarray  # (rows,) conv2d_norm's factor
+    num_valid: np.ndarray  # (rows,) the ESD's length
+    rank_tol: np.ndarray  # (rows,)
+
+
+def row_index(
+    leaves: Sequence[LeafPlan], sources: Sequence[tuple[int, int]], locations: Sequence[Sequence[tuple[int, int, int]]],
+    n_pad: int, total: int,
+) -> RowIndex:
+    """The gather indices of a group's rows (host-side planning, numpy).
+
+    ``sources[s] = (count, M)`` are the shapes of the group's spectra; ``locations[j]`` lists, for leaf ``leaves[j]``
+    in matrix order, ``(source, first matrix in it, number of matrices)``.
+    """
+    eval_base = np.cumsum([0] + [c * m for c, m in sources])
+    mat_base = np.cumsum([0] + [c for c, _ in sources])
+    pad_eval, pad_mat = int(eval_base[-1]), int(mat_base[-1])
+    per_row = max(leaf.shape.num_slices if leaf.pool else 1 for leaf in leaves)
+    evals = np.full((total, n_pad), pad_eval, np.int32)
+    matrices = np.full((total, per_row), pad_mat, np.int32)
+    scale = np.ones(total)
+    num_valid = np.full(total, n_pad, np.int32)
+    rank_tol = np.ones(total)
+    row = 0
+    for leaf, where in zip(leaves, locations):
+        m = leaf.shape.M
+        # every matrix of the leaf: its index among all sources' matrices, and its first eigenvalue's flat index
+        mats = np.concatenate([mat_base[s] + o + np.arange(c) for s, o, c in where])
+        firsts = np.concatenate([eval_base[s] + (o + np.arange(c)) * sources[s][1] for s, o, c in where])
+        per = leaf.shape.num_slices if leaf.pool else 1
+        rows = leaf.num_rows
+        flat = (firsts[:, None] + np.arange(m)).reshape(rows, per * m)
+        evals[row : row + rows, n_pad - per * m :] = flat
+        matrices[row : row + rows, :per] = mats.reshape(rows, per)
+        scale[row : row + rows] = leaf.scale
+        num_valid[row : row + rows] = leaf.row_length
+        rank_tol[row : row + rows] = leaf.rank_tol
+        row += rows
+    return RowIndex(evals, matrices, scale, num_valid, rank_tol)
+
+
+@functools.partial(jax.jit, static_argnames=("num_clipped", "tolerance", "dtype", "mesh", "ks_elements", "tail",
+                                             "inverse"))
 def fit_group(
-    parts: tuple, *, leaves: tuple[LeafPlan, ...], part_slices: tuple, num_clipped: int, tolerance: float, dtype,
-    mesh=None, ks_elements: int = _KS_BLOCK_ELEMENTS, tail: TailOptions = TailOptions(), inverse: bool = False,
-) -> tuple[dict, list]:
+    sources: tuple, index: RowIndex, *, num_clipped: int, tolerance: float, dtype, mesh=None,
+    ks_elements: int = _KS_BLOCK_ELEMENTS, tail: TailOptions = TailOptions(), inverse: bool = False,
+) -> dict:
     """Fits every row of a group of leaves whose ESDs pad to the same length, in one vmapped call.
 
-    ``parts[j]`` holds the bucket outputs ``(evals, rank, finite)`` in which leaf ``leaves[j]``'s matrices lie, in
-    order, and ``part_slices[j]`` the static ``(offset, count)`` of its matrices in each. Slicing here, inside the
-    program, rather than on the host keeps the glue out of the compilation count. Returns the group's per-row
-    metrics (rows of all leaves in order, then padding) and per leaf its ``(rank_loss, esd)``.
+    ``sources`` are the spectra ``(evals (count, M), rank (count,), finite (count,))`` the group's rows are made of
+    and ``index`` (:func:`row_index`) says which of their eigenvalues and matrices form each row. A pooled row (the
+    kernel positions of one conv) is gathered and sorted like any other: one gather and one sort serve every leaf,
+    where per-leaf slicing would make the program (and its compilation time) grow with the number of leaves.
+    Returns the per-row metrics, with ``esd`` (rows, n_pad; zero-padded in front) and ``rank_loss``.
     """
-    spectra = []
-    for leaf_parts, slices in zip(parts, part_slices):
-        cut = [tuple(a[o : o + c] for a in part) for part, (o, c) in zip(leaf_parts, slices)]
-        spectra.append(cut[0] if len(cut) == 1 else tuple(jnp.concatenate(a) for a in zip(*cut)))
-    rows = [_leaf_rows(*s, leaf) for s, leaf in zip(spectra, leaves)]
+    flat = jnp.concatenate([ev.astype(dtype).reshape(-1) for ev, _, _ in sources] + [jnp.full(1, -jnp.inf, dtype)])
+    loss = jnp.concatenate([(ev.shape[1] - rank).astype(jnp.int32) for ev, rank, _ in sources]
+                           + [jnp.zeros(1, jnp.int32)])
+    finite = jnp.concatenate([ok for _, _, ok in sources] + [jnp.ones(1, bool)])
+    # Padding gathers -inf, which the sort keeps in front; it then becomes the zeros every fit expects there.
+    evals = jnp.sort(flat[index.evals] * index.scale.astype(dtype)[:, None], axis=-1)
+    evals = jnp.where(jnp.isneginf(evals), 0.0, evals)
+    tol = index.rank_tol.astype(dtype)
     if inverse:  # the ESD of 1/λ (numerically zero eigenvalues stay 0)
-        rows = [(invert_esd(ev, leaf.rank_tol), loss, ok) for (ev, loss, ok), leaf in zip(rows, leaves)]
-    n_pad = padded_size(max(leaf.row_length for leaf in leaves))
-    counts = [leaf.num_rows for leaf in leaves]
-    total = padded_size(sum(counts), minimum=1)
-    if mesh is not None:
-        total = -(-total // mesh.size) * mesh.size
-    r_pad = total - sum(counts)
-    evals = jnp.concatenate(
-        [jnp.pad(ev, ((0, 0), (n_pad - ev.shape[1], 0))) for ev, _, _ in rows] + [jnp.zeros((r_pad, n_pad), dtype)]
-    )
-    num_valid = jnp.concatenate([jnp.full(c, leaf.row_length) for c, leaf in zip(counts, leaves)]
-                                + [jnp.full(r_pad, n_pad)])
-    finite = jnp.concatenate([ok for _, _, ok in rows] + [jnp.ones(r_pad, bool)])
-    tol = jnp.concatenate([jnp.full(c, leaf.rank_tol, dtype) for c, leaf in zip(counts, leaves)]
-                          + [jnp.ones(r_pad, dtype)])
+        evals = invert_esd(evals, tol)
+    rank_loss = loss[index.matrices].sum(-1)
+    finite = finite[index.matrices].all(-1)
+    num_valid = index.num_valid
+    total, n_pad = evals.shape
     per_device = total // (mesh.size if mesh is not None else 1)
     block = max(1, min(n_pad, ks_elements // (per_device * n_pad)))
     fit = lambda *a: _fit_rows(*a, num_clipped=num_clipped, tolerance=tolerance, block=block, tail=tail)  # noqa: E731
     if mesh is not None:
         fit = jax.shard_map(fit, mesh=mesh, in_specs=_batch_spec(mesh), out_specs=_batch_spec(mesh))
         evals, num_valid, tol, finite = _split_batch((evals, num_valid, tol, finite), mesh)
-    metrics = _replicated(fit(evals, num_valid, tol, finite), mesh)
-
-    # The group's metrics are returned whole and split per leaf by the caller: slicing ~25 columns for every leaf
-    # here would multiply the program's size (and its compilation time) by the number of leaves.
-    return metrics, [(rank_loss, ev) for ev, rank_loss, _ in rows]
+    metrics = fit(evals, num_valid, tol, finite)
+    metrics["esd"] = evals
+    return _replicated(metrics, mesh) | {"rank_loss": rank_loss}
 
 
-def _split_group(metrics: dict, per_leaf: list, leaves: Sequence[LeafPlan], num_clipped: int) -> list[dict]:
+def _split_group(metrics: dict, leaves: Sequence[LeafPlan], num_clipped: int) -> list[dict]:
     """Per-leaf metrics from a group's. Outside ``jit`` the columns are split on the host (one transfer each, no
     compilation); under ``jit`` the slices are part of the traced program."""
     traced = any(isinstance(v, jax.core.Tracer) for v in jax.tree.leaves(metrics))
     if not traced:
         metrics = jax.tree.map(np.asarray, metrics)
+    put = (lambda v: v) if traced else jax.device_put
     out, offset = [], 0
-    for (rank_loss, ev), leaf in zip(per_leaf, leaves):
+    for leaf in leaves:
         count = leaf.num_rows
-        cut = (lambda v, o=offset: v[o : o + count]) if traced else (lambda v, o=offset: jax.device_put(v[o : o + count]))
-        mine = jax.tree.map(cut, metrics)
+        mine = jax.tree.map(lambda v, o=offset: put(v[o : o + count]), metrics)
+        mine["esd"] = put(metrics["esd"][offset : offset + count, metrics["esd"].shape[1] - leaf.row_length :])
         if num_clipped > leaf.row_length / 2:  # WeightWatcher still fits here; we refuse and say why
             mine = _mark_failed(mine, _results.STATUS_XMAX_TOO_LARGE)
-        mine["rank_loss"] = rank_loss
-        mine["esd"] = ev
         out.append(mine)
         offset += count
     return out
@@ -358,40 +391,97 @@ def compute(
     if mesh is not None:
         # Auto axes: the partitioner places the reshuffles between a weight's own sharding and the batch layout.
         mesh = Mesh(mesh.devices, mesh.axis_names, axis_types=(AxisType.Auto,) * len(mesh.axis_names))
-    pieces: list[list] = [[] for _ in leaves]
-    for bucket in plan_buckets(leaves, method, itemsize, max_bucket_bytes):
-        evals, rank, finite = solve_bucket(
-            tuple(values[p.leaf] for p in bucket.pieces),
-            views=tuple(leaves[p.leaf].view for p in bucket.pieces),
-            bucket=bucket, method=method, dtype=dtype, mesh=mesh,
-        )
+    buckets = plan_buckets(leaves, method, itemsize, max_bucket_bytes)
+    solves = [
+        (tuple(values[p.leaf] for p in bucket.pieces),
+         dict(views=tuple(leaves[p.leaf].view for p in bucket.pieces), bucket=bucket, method=method, dtype=dtype,
+              mesh=mesh))
+        for bucket in buckets
+    ]
+    pieces: list[list] = [[] for _ in leaves]  # per leaf: (first matrix, source, offset in source, count)
+    for b, bucket in enumerate(buckets):
         offset = 0
         for p in bucket.pieces:
-            count = p.stop - p.start
-            pieces[p.leaf].append((p.start, evals, rank, finite, offset, count))
-            offset += count
-    for i, leaf in enumerate(leaves):
-        if leaf.fft_size:  # conv2d_fft: the complex per-frequency matrices of one conv, solved together
-            evals, rank, finite = operator_spectra(values[i], leaf.view, leaf.fft_size, method, dtype)
-            pieces[i].append((0, evals, rank, finite.reshape(-1), 0, leaf.num_matrices))
-
+            pieces[p.leaf].append((p.start, b, offset, p.stop - p.start))
+            offset += p.stop - p.start
     groups: dict[int, list[int]] = defaultdict(list)
     for i, leaf in enumerate(leaves):
         groups[padded_size(leaf.row_length)].append(i)
+    static = dict(num_clipped=num_clipped, tolerance=tolerance, dtype=dtype, mesh=mesh, ks_elements=ks_elements,
+                  tail=tail, inverse=inverse)
+
+    placement = _placement(values) if mesh is None and not any(leaf.fft_size for leaf in leaves) else None
+    signature = (tuple(leaves), tuple((v.shape, v.dtype) for v in values), placement, method, dtype,
+                 tuple(sorted(static.items(), key=lambda kv: kv[0])))
+    if placement is not None and _workers() > 1 and len(solves) + len(groups) > 1 and signature not in _PRECOMPILED:
+        _PRECOMPILED[signature] = None
+        while len(_PRECOMPILED) > 256:  # oldest first
+            del _PRECOMPILED[next(iter(_PRECOMPILED))]
+        # Cold start: every program is compiled side by side, the fit groups' against the buckets' output shapes
+        # (known before any solve); the calls below then find them compiled. Only compilations run in threads:
+        # executing while another thread compiles can deadlock XLA's CPU runtime.
+        shapes = [jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=placement.sharding),
+                               jax.eval_shape(functools.partial(solve_bucket, **kw), args)) for args, kw in solves]
+        plans = [_group_plan(members, leaves, pieces, shapes, mesh) for members in groups.values()]
+        programs = [functools.partial(fit_group.lower, tuple(shapes[s] for s in used), index, **static)
+                    for used, index in plans]
+        programs += [functools.partial(solve_bucket.lower, args, **kw) for args, kw in solves]
+        with ThreadPoolExecutor(max_workers=_workers()) as pool:
+            list(pool.map(lambda lower: lower().compile(), programs))
+    sources = [solve_bucket(args, **kw) for args, kw in solves]
+    for i, leaf in enumerate(leaves):
+        if leaf.fft_size:  # conv2d_fft: the complex per-frequency matrices of one conv, solved together
+            evals, rank, finite = operator_spectra(values[i], leaf.view, leaf.fft_size, method, dtype)
+            sources.append((evals, rank, finite.reshape(-1)))
+            pieces[i].append((0, len(sources) - 1, 0, leaf.num_matrices))
+
     out: list = [None] * len(leaves)
     for members in groups.values():
-        ordered = [sorted(pieces[i], key=lambda part: part[0]) for i in members]
-        metrics, per_leaf = fit_group(
-            tuple(tuple((ev, rk, ok) for _, ev, rk, ok, _, _ in parts) for parts in ordered),
-            leaves=tuple(leaves[i] for i in members),
-            part_slices=tuple(tuple((o, c) for *_, o, c in parts) for parts in ordered),
-            num_clipped=num_clipped, tolerance=tolerance, dtype=dtype, mesh=mesh, ks_elements=ks_elements,
-            tail=tail, inverse=inverse,
-        )
-        group_leaves = [leaves[i] for i in members]
-        for i, m in zip(members, _split_group(metrics, per_leaf, group_leaves, num_clipped)):
+        used, index = _group_plan(members, leaves, pieces, sources, mesh)
+        metrics = fit_group(tuple(sources[s] for s in used), index, **static)
+        for i, m in zip(members, _split_group(metrics, [leaves[i] for i in members], num_clipped)):
             out[i] = m
     return out
 
 
-__all__ = ["Bucket", "LeafPlan", "Piece", "compute", "fit_group", "plan_buckets", "solve_bucket"]
+def _group_plan(members, leaves, pieces, sources, mesh) -> tuple[list[int], RowIndex]:
+    """The sources a fit group reads and its :class:`RowIndex` (``sources`` may be arrays or their shapes)."""
+    used = sorted({s for i in members for _, s, _, _ in pieces[i]})
+    local = {s: k for k, s in enumerate(used)}
+    group_leaves = [leaves[i] for i in members]
+    total = padded_size(sum(leaf.num_rows for leaf in group_leaves), minimum=1)
+    if mesh is not None:
+        total = -(-total // mesh.size) * mesh.size
+    locations = [[(local[s], o, c) for _, s, o, c in sorted(pieces[i])] for i in members]
+    n_pad = padded_size(max(leaf.row_length for leaf in group_leaves))
+    return used, row_index(group_leaves, [tuple(sources[s][0].shape) for s in used], locations, n_pad, total)
+
+
+# Analyses whose programs were compiled ahead (an insertion-ordered set): a warm call skips straight to the solves.
+_PRECOMPILED: dict = {}
+
+
+class _Placement(NamedTuple):
+    sharding: SingleDeviceSharding | None  # None: the values are not committed to their device
+
+
+def _placement(values) -> _Placement | None:
+    """Where the solves' outputs will live, so that a program compiled ahead for their shapes is the one the call
+    finds; None when it cannot be known (tracers, host arrays, several devices, mixed commitment)."""
+    devices, committed = set(), set()
+    for v in values:
+        if not isinstance(v, jax.Array) or isinstance(v, jax.core.Tracer):
+            return None
+        devices |= v.devices()
+        committed.add(v.committed)
+    if len(devices) != 1 or len(committed) != 1:
+        return None
+    return _Placement(SingleDeviceSharding(devices.pop()) if committed.pop() else None)
+
+
+def _workers() -> int:
+    return min(8, os.cpu_count() or 1)
+
+
+__all__ = ["Bucket", "LeafPlan", "Piece", "RowIndex", "compute", "fit_group", "plan_buckets", "row_index",
+           "solve_bucket"]

@@ -7,6 +7,7 @@ Linen ``params``, linen ``variables`` (the ``params`` collection is analysed, ot
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -37,24 +38,30 @@ def normalize_keys(path) -> tuple[str, ...]:
     return names
 
 
-def _is_box(node) -> bool:
-    try:
-        from flax.core import meta
-        from flax import nnx
-    except ImportError:  # pragma: no cover - flax is a dependency
-        return False
-    return isinstance(node, (meta.AxisMetadata, nnx.Variable))
+def _loaded(module: str):
+    """A Flax module if the caller has imported it, else None. A tree can only hold linen boxes or nnx variables
+    once their module is loaded, so this spares a plain-dict analysis importing ``flax.nnx`` (seconds, cold)."""
+    return sys.modules.get(module)
+
+
+def _box_types() -> tuple[type, ...]:
+    meta, nnx = _loaded("flax.core.meta"), _loaded("flax.nnx")
+    return (() if meta is None else (meta.AxisMetadata,)) + (() if nnx is None else (nnx.Variable,))
+
+
+def _is_box(node, types: tuple[type, ...] | None = None) -> bool:
+    types = _box_types() if types is None else types
+    return bool(types) and isinstance(node, types)
 
 
 def _unbox(node) -> tuple[Any, tuple | None]:
     """The array inside a Flax box or nnx variable, and its axis names if the metadata has them."""
-    from flax.core import meta
-    from flax import nnx
+    meta, nnx = _loaded("flax.core.meta"), _loaded("flax.nnx")
 
-    if isinstance(node, meta.AxisMetadata):
+    if meta is not None and isinstance(node, meta.AxisMetadata):
         names = getattr(node, "names", None)
         return node.unbox(), tuple(names) if names is not None else None
-    if isinstance(node, nnx.Variable):
+    if nnx is not None and isinstance(node, nnx.Variable):
         metadata = node.get_metadata() if hasattr(node, "get_metadata") else {}
         names = metadata.get("out_sharding") or metadata.get("sharding_names") or metadata.get("sharding")
         value = node.get_value() if hasattr(node, "get_value") else node.value
@@ -66,11 +73,8 @@ def _unbox(node) -> tuple[Any, tuple | None]:
 
 def _nnx_module_types(tree) -> dict[tuple[str, ...], str]:
     """For an nnx module: the class name of the module that owns each path (so a kernel knows it is a Conv's)."""
-    try:
-        from flax import nnx
-    except ImportError:  # pragma: no cover
-        return {}
-    if not isinstance(tree, nnx.Module):
+    nnx = _loaded("flax.nnx")
+    if nnx is None or not isinstance(tree, nnx.Module):
         return {}
     return {
         tuple(str(p) for p in path): type(node).__name__
@@ -88,10 +92,11 @@ def _collection_skip(keys: tuple[str, ...], tree) -> str | None:
 def flatten_params(tree) -> list[tuple[LeafInfo, Any, str | None]]:
     """Every leaf of ``tree`` as ``(info, array_or_object, collection_skip_reason)``, in pytree order."""
     module_types = _nnx_module_types(tree)
-    flat, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_box)
+    types = _box_types()
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda node: _is_box(node, types))
     leaves = []
     for path, node in flat:
-        value, axis_names = _unbox(node) if _is_box(node) else (node, None)
+        value, axis_names = _unbox(node) if _is_box(node, types) else (node, None)
         keys = normalize_keys(path)
         shape = tuple(value.shape) if hasattr(value, "shape") and hasattr(value, "dtype") else None
         dtype = value.dtype if shape is not None else None

@@ -92,7 +92,7 @@ def row_tail_fit(
             xmin_range = (0.95 * peak, upper)
         tpl = fit_truncated_power_law(evals, num_clipped, noise_floor, xmin_range=xmin_range, block=block)
         fit = tpl.fit
-        extra.update(Lambda=tpl.Lambda)
+        extra.update(Lambda=jnp.where(fit.ok, tpl.Lambda, jnp.nan).astype(evals.dtype))
     elif tail.fix_fingers == "clip_xmax":
         clipped = fit_clipped_power_law(
             evals, noise_floor, max_fingers=tail.max_fingers, finger_thresh=tail.finger_thresh, block=block

@@ -222,11 +222,14 @@ def test_e_tpl_all_layers(golden_params, x64):
 @pytest.mark.slow
 def test_tpl_under_jit(x64):
     rng = np.random.default_rng(0)
-    params = {"dense": {"kernel": rng.standard_t(3, (96, 40))}}
+    params = {"dense": {"kernel": rng.standard_t(3, (96, 40))},
+              "rank1": {"kernel": np.outer(rng.normal(size=24), rng.normal(size=12))}}  # one eigenvalue: no fit
     eager = wwjax.details(wwjax.analyze(params, fit="TPL"))
     jitted = wwjax.details(jax.jit(functools.partial(wwjax.analyze, fit="TPL"))(params))
-    np.testing.assert_allclose(jitted[["alpha", "Lambda", "D", "xmin"]].to_numpy(float),
-                               eager[["alpha", "Lambda", "D", "xmin"]].to_numpy(float), rtol=1e-12)
+    columns = ["alpha", "Lambda", "D", "xmin"]
+    np.testing.assert_allclose(jitted[columns].to_numpy(float), eager[columns].to_numpy(float), rtol=1e-12)
+    failed = eager[eager.path == "rank1/kernel"].iloc[0]
+    assert failed.status == "failed" and np.isnan(failed[columns].to_numpy(float)).all()
 
 
 @pytest.mark.parametrize(

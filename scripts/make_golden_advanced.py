@@ -38,6 +38,7 @@ CONFIGS: dict[str, dict] = {
     "xmin_peak": {"fix_fingers": "xmin_peak", "pl_package": "powerlaw"},
     "tpl": {"fit": "TPL", "pl_package": "powerlaw"},
     "e_tpl": {"fit": "E_TPL", "pl_package": "powerlaw"},
+    "tpl_all": {"fit": "TPL", "pl_package": "powerlaw"},  # every golden layer (slow: ~5 minutes)
     "detx": {"detX": True},
     "detx_pool_false": {"detX": True, "pool": False},
     "vectors": {"vectors": True},

@@ -90,7 +90,9 @@ def row_tail_fit(
             peak = esd_peak(evals, fitted)
             upper = 1.5 * peak if tail.xmin_max is None else jnp.asarray(tail.xmin_max, evals.dtype)
             xmin_range = (0.95 * peak, upper)
-        tpl = fit_truncated_power_law(evals, num_clipped, noise_floor, xmin_range=xmin_range, block=block)
+        # a KS element of the TPL keeps ~4× the live temporaries of the power law's (Γ's series and fraction)
+        tpl = fit_truncated_power_law(evals, num_clipped, noise_floor, xmin_range=xmin_range,
+                                      block=max(1, block // 4))
         fit = tpl.fit
         extra.update(Lambda=jnp.where(fit.ok, tpl.Lambda, jnp.nan).astype(evals.dtype))
     elif tail.fix_fingers == "clip_xmax":

@@ -20,6 +20,8 @@ OPTIONS = {
     "default": {},
     "fix_fingers='clip_xmax'": dict(fix_fingers="clip_xmax"),
     "fix_fingers='xmin_peak'": dict(fix_fingers="xmin_peak"),
+    "fit='TPL'": dict(fit="TPL"),
+    "fit='E_TPL'": dict(fit="E_TPL"),
     "detX=True": dict(detX=True),
     "inverse=True": dict(inverse=True),
     "vectors=True": dict(vectors=True),

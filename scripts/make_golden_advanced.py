@@ -1,9 +1,8 @@
 """Golden fixtures for wwjax's advanced diagnostics, from the real WeightWatcher.
 
-Runs ``WeightWatcher.analyze`` with ``fix_fingers``, ``fit='TPL'``, ``detX``, ``vectors``, ``inverse`` (pooled and
-``pool=False``) and ``SVDSmoothing`` on the golden weights of ``scripts/make_golden.py`` (same cases, same torch
-layers), and writes under
-``tests/golden/``:
+Runs ``WeightWatcher.analyze`` with ``fix_fingers``, ``fit='TPL'`` and ``'E_TPL'``, ``detX``, ``vectors``,
+``inverse`` (pooled and ``pool=False``) and ``SVDSmoothing`` on the golden weights of ``scripts/make_golden.py``
+(same cases, same torch layers), and writes under ``tests/golden/``:
 
 * ``ww_adv_<config>.csv``: the details table, every WeightWatcher column plus ``path``;
 * ``ww_adv_smoothing.csv``: per layer and smoothing method, WeightWatcher's rank choice (the number of nonzero
@@ -38,6 +37,8 @@ CONFIGS: dict[str, dict] = {
     "clip_xmax_pool_false": {"fix_fingers": "clip_xmax", "pool": False},
     "xmin_peak": {"fix_fingers": "xmin_peak", "pl_package": "powerlaw"},
     "tpl": {"fit": "TPL", "pl_package": "powerlaw"},
+    "e_tpl": {"fit": "E_TPL", "pl_package": "powerlaw"},
+    "tpl_all": {"fit": "TPL", "pl_package": "powerlaw"},  # every golden layer (slow: ~5 minutes)
     "detx": {"detX": True},
     "detx_pool_false": {"detX": True, "pool": False},
     "vectors": {"vectors": True},
@@ -82,7 +83,7 @@ def main() -> None:
     cases = mg.CASES
     longname_to_path = {c.module_name: c.key for c in cases}
     for name, kwargs in CONFIGS.items():
-        chosen = [c for c in cases if c.key in TPL_CASES] if name == "tpl" else cases
+        chosen = [c for c in cases if c.key in TPL_CASES] if name in ("tpl", "e_tpl") else cases
         details, _ = mg.analyze(build_model(weights, chosen), **kwargs)
         mg.write_csv(mg.with_path(details, longname_to_path), f"ww_adv_{name}.csv")
     mg.write_csv(pd.DataFrame(smoothing_rows(weights, cases)), "ww_adv_smoothing.csv")

@@ -16,7 +16,7 @@ from conftest import heavy_tailed
         (dict(fix_fingers="clip"), ValueError, "fix_fingers must be one of"),
         (dict(fix_fingers="clip_xmax", xmax=-1), ValueError, "cannot be combined with an int xmax"),
         (dict(max_fingers=0), ValueError, "max_fingers"),
-        (dict(fit="TPL"), NotImplementedError, "truncated power law"),
+        (dict(fit="E_TPL", fix_fingers="clip_xmax"), ValueError, "cannot be combined with fix_fingers='clip_xmax'"),
         (dict(fit="powerlaw"), ValueError, "fit must be one of"),
         (dict(inverse=True, vectors=True), ValueError, "inverse=True cannot be combined"),
         (dict(detX=1), TypeError, "detX must be True or False"),

@@ -174,6 +174,8 @@ def analyze(params, **options):
         ``trap_value`` in ``extra``; ``num_trap_elements`` counts them all).
       fix_fingers: ``'clip_xmax'`` (with ``max_fingers=10``, ``finger_thresh=1.0``; adds ``num_fingers``,
         ``raw_alpha``) or ``'xmin_peak'`` (with ``xmin_max``); see ``docs/diagnostics-advanced.md``.
+      fit: ``'PL'`` (the power law, default), ``'TPL'`` (the truncated power law x^−α·e^−λx, powerlaw 1.5's fit;
+        adds ``Lambda``, ``sigma`` is NaN) or ``'E_TPL'`` (the TPL with xmin searched as ``'xmin_peak'`` does).
       detX: add ``detX_num``, ``detX_val``, ``detX_val_rescaled``, ``num_ERG_spikes``, ``ERG_gap``.
       vectors: add the 12 eigenvector localisation columns ``{bulk,tail}_{mean,var}_{vec_entropy,…}``.
       inverse: analyse the ESD of 1/λ.

@@ -1,4 +1,4 @@
-"""The optional per-row columns of an analysis: which tail fit (plain, ``clip_xmax``, ``xmin_peak``) and ``detX``.
+"""The optional per-row columns of an analysis: which tail fit (plain, ``clip_xmax``, ``xmin_peak``, TPL) and ``detX``.
 
 :func:`row_tail_fit` is what the vmapped row fit of :func:`wwjax.analyze` calls in place of the plain power-law
 fit; it returns the fit and the extra columns (``LayerMetrics.extra``) the options ask for.
@@ -13,10 +13,13 @@ from jaxtyping import Array, Float, Int
 
 from wwjax._detx import detx
 from wwjax._fingers import fit_clipped_power_law, fit_peak_power_law
-from wwjax._powerlaw import PowerLawFit, fit_power_law
+from wwjax._fingers import esd_peak
+from wwjax._powerlaw import EVALS_THRESH, PowerLawFit, fit_power_law
+from wwjax._tpl import fit_truncated_power_law
 
 FIX_FINGERS = ("clip_xmax", "xmin_peak")
 FITS = ("PL", "power_law", "TPL", "truncated_power_law", "E_TPL")
+TPL_FITS = ("TPL", "truncated_power_law", "E_TPL")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,12 +31,13 @@ class TailOptions:
     finger_thresh: float = 1.0
     xmin_max: float | None = None
     detX: bool = False  # noqa: N815 (WeightWatcher's name)
+    truncated: bool = False  # fit the truncated power law (fit='TPL'/'E_TPL') instead of the power law
 
     @classmethod
     def from_options(cls, opts) -> "TailOptions":
         fix = "xmin_peak" if opts.fit == "E_TPL" else opts.fix_fingers
-        return cls(fix, opts.max_fingers, float(opts.finger_thresh),
-                   None if opts.xmin_max is None else float(opts.xmin_max), opts.detX)
+        return cls(fix or None, opts.max_fingers, float(opts.finger_thresh),
+                   None if opts.xmin_max is None else float(opts.xmin_max), opts.detX, opts.fit in TPL_FITS)
 
 
 def check_advanced_options(opts) -> None:
@@ -50,11 +54,13 @@ def check_advanced_options(opts) -> None:
         raise ValueError(f"xmin_max must be None or a positive number, got {opts.xmin_max!r}")
     if opts.fit not in FITS:
         raise ValueError(f"fit must be one of {FITS}, got {opts.fit!r}")
-    if opts.fit not in ("PL", "power_law"):
-        raise NotImplementedError(
-            f"fit={opts.fit!r} (the truncated power law) is not available yet; use fit='PL' "
-            "(with fix_fingers='xmin_peak' for what E_TPL's xmin choice does)"
-        )
+    if opts.fit == "E_TPL" and opts.fix_fingers == "clip_xmax":
+        raise ValueError("fit='E_TPL' already sets fix_fingers='xmin_peak'; it cannot be combined with "
+                         "fix_fingers='clip_xmax' (use fit='TPL' alone, or fix_fingers='clip_xmax' with fit='PL')")
+    if opts.fit in TPL_FITS and opts.fix_fingers == "clip_xmax":
+        raise ValueError(f"fit={opts.fit!r} cannot be combined with fix_fingers='clip_xmax' (WeightWatcher would choose "
+                         "the fingers with power-law fits and then fit a TPL at their xmin); use fit='TPL' alone, "
+                         "fit='E_TPL' (xmin at the ESD peak), or fix_fingers='clip_xmax' with fit='PL'")
     for flag in ("detX", "vectors", "inverse", "conv2d_fft"):
         if not isinstance(getattr(opts, flag), bool):
             raise TypeError(f"{flag} must be True or False, got {getattr(opts, flag)!r}")
@@ -74,9 +80,22 @@ def row_tail_fit(
     *,
     block: int,
 ) -> tuple[PowerLawFit, dict]:
-    """The power-law fit of one padded row and its extra columns (``num_fingers``, ``raw_alpha``, ``detX_*``)."""
+    """The tail fit of one padded row and its extra columns (``Lambda``, ``num_fingers``, ``raw_alpha``, ``detX_*``)."""
     extra = {}
-    if tail.fix_fingers == "clip_xmax":
+    if tail.truncated:
+        xmin_range = None
+        if tail.fix_fingers == "xmin_peak":  # E_TPL: the xmin_peak range, as for the power law
+            n = evals.shape[0]
+            fitted = (jnp.arange(n) < n - num_clipped) & (evals > jnp.maximum(EVALS_THRESH, noise_floor))
+            peak = esd_peak(evals, fitted)
+            upper = 1.5 * peak if tail.xmin_max is None else jnp.asarray(tail.xmin_max, evals.dtype)
+            xmin_range = (0.95 * peak, upper)
+        # a KS element of the TPL keeps ~4× the live temporaries of the power law's (Γ's series and fraction)
+        tpl = fit_truncated_power_law(evals, num_clipped, noise_floor, xmin_range=xmin_range,
+                                      block=max(1, block // 4))
+        fit = tpl.fit
+        extra.update(Lambda=jnp.where(fit.ok, tpl.Lambda, jnp.nan).astype(evals.dtype))
+    elif tail.fix_fingers == "clip_xmax":
         clipped = fit_clipped_power_law(
             evals, noise_floor, max_fingers=tail.max_fingers, finger_thresh=tail.finger_thresh, block=block
         )

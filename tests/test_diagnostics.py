@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest
@@ -164,3 +165,23 @@ def test_non_finite_weights_give_missing_diagnostics():
     row = wwjax.details(wwjax.analyze({"w": {"kernel": w}}, mp_fit=True, randomize=True, key=0)).iloc[0]
     assert row.status == "failed" and np.isnan(row.sigma_mp) and np.isnan(row.rand_distance)
     assert row.num_traps is pd.NA or row.num_traps == -1
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 17, 1000, 4097, 100003])
+def test_the_shuffle_permutation_is_a_bijection_and_depends_on_the_key(n):
+    from wwjax._randomize import random_permutation
+
+    p = np.asarray(random_permutation(jax.random.key(n), n))
+    np.testing.assert_array_equal(np.sort(p), np.arange(n))
+    if n >= 1000:  # a random permutation has ~1 fixed point, two independent ones agree on ~1 position
+        q = np.asarray(random_permutation(jax.random.key(n + 1), n))
+        assert (p == np.arange(n)).sum() < 10 and (p == q).sum() < 10
+
+
+def test_every_element_lands_anywhere_with_equal_chance():
+    from wwjax._randomize import random_permutation
+
+    perms = jax.vmap(lambda k: random_permutation(k, 10))(jax.random.split(jax.random.key(0), 4000))
+    counts = np.bincount(np.asarray(jnp.argmax(perms == 0, axis=1)), minlength=10)
+    # 4000 draws over 10 positions: 400 ± 19 each; a biased shuffle (e.g. a plain rotation) fails this at once
+    assert counts.min() > 320 and counts.max() < 480, counts

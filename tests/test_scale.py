@@ -155,34 +155,6 @@ def test_a_transformer_compiles_once_per_bucket_and_fit_group():
 
 
 
-def test_programs_compiled_side_by_side_give_the_numbers_of_one_by_one(monkeypatch):
-    rng = np.random.default_rng(5)
-    params = {
-        "conv": {"kernel": heavy_tailed(rng, (3, 3, 24, 40))},  # pooled: 9 kernel positions gathered into one row
-        "conv1x1": {"kernel": heavy_tailed(rng, (1, 1, 40, 24))},
-        "dense": {"kernel": heavy_tailed(rng, (216, 40))},
-        "wide": {"kernel": heavy_tailed(rng, (24, 300))},
-    }
-    values = {k: jax.device_put(v["kernel"]) for k, v in params.items()}
-    params = {k: {"kernel": v} for k, v in values.items()}
-    monkeypatch.setattr(_engine, "_workers", lambda: 1)
-    with wwjax.count_compilations() as one_by_one:
-        expected = wwjax.details(wwjax.analyze(params))
-    jax.clear_caches()
-    _engine._PRECOMPILED.clear()
-    monkeypatch.setattr(_engine, "_workers", lambda: 2)
-    with wwjax.count_compilations() as side_by_side:
-        got = wwjax.details(wwjax.analyze(params))
-    assert len(_engine._PRECOMPILED) == 1  # the threaded path ran
-    assert side_by_side.count == one_by_one.count  # and the calls found its programs: none compiled twice
-    pd.testing.assert_frame_equal(got, expected)
-    assert (got["status"] == "success").all()
-    assert dict(zip(got["path"], got["num_evals"])) == {"conv/kernel": 9 * 24, "conv1x1/kernel": 24,
-                                                         "dense/kernel": 40, "wide/kernel": 24}
-    with wwjax.count_compilations() as again:
-        wwjax.analyze(params)
-    assert again.count == 0
-
 CACHED_CHILD = """
 import sys, numpy as np, wwjax
 wwjax.enable_compilation_cache(sys.argv[1])

@@ -21,8 +21,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import os
-from concurrent.futures import ThreadPoolExecutor
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -30,7 +28,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding, SingleDeviceSharding
+from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from wwjax import _results
@@ -391,61 +389,39 @@ def compute(
     if mesh is not None:
         # Auto axes: the partitioner places the reshuffles between a weight's own sharding and the batch layout.
         mesh = Mesh(mesh.devices, mesh.axis_names, axis_types=(AxisType.Auto,) * len(mesh.axis_names))
-    buckets = plan_buckets(leaves, method, itemsize, max_bucket_bytes)
-    solves = [
-        (tuple(values[p.leaf] for p in bucket.pieces),
-         dict(views=tuple(leaves[p.leaf].view for p in bucket.pieces), bucket=bucket, method=method, dtype=dtype,
-              mesh=mesh))
-        for bucket in buckets
-    ]
+    sources: list[tuple] = []  # every solved batch of spectra: (evals, rank, finite)
     pieces: list[list] = [[] for _ in leaves]  # per leaf: (first matrix, source, offset in source, count)
-    for b, bucket in enumerate(buckets):
+    for bucket in plan_buckets(leaves, method, itemsize, max_bucket_bytes):
+        sources.append(solve_bucket(
+            tuple(values[p.leaf] for p in bucket.pieces),
+            views=tuple(leaves[p.leaf].view for p in bucket.pieces),
+            bucket=bucket, method=method, dtype=dtype, mesh=mesh,
+        ))
         offset = 0
         for p in bucket.pieces:
-            pieces[p.leaf].append((p.start, b, offset, p.stop - p.start))
+            pieces[p.leaf].append((p.start, len(sources) - 1, offset, p.stop - p.start))
             offset += p.stop - p.start
-    groups: dict[int, list[int]] = defaultdict(list)
-    for i, leaf in enumerate(leaves):
-        groups[padded_size(leaf.row_length)].append(i)
-    static = dict(num_clipped=num_clipped, tolerance=tolerance, dtype=dtype, mesh=mesh, ks_elements=ks_elements,
-                  tail=tail, inverse=inverse)
-
-    placement = _placement(values) if mesh is None and not any(leaf.fft_size for leaf in leaves) else None
-    signature = (tuple(leaves), tuple((v.shape, v.dtype) for v in values), placement, method, dtype,
-                 tuple(sorted(static.items(), key=lambda kv: kv[0])))
-    if placement is not None and _workers() > 1 and len(solves) + len(groups) > 1 and signature not in _PRECOMPILED:
-        _PRECOMPILED[signature] = None
-        while len(_PRECOMPILED) > 256:  # oldest first
-            del _PRECOMPILED[next(iter(_PRECOMPILED))]
-        # Cold start: every program is compiled side by side, the fit groups' against the buckets' output shapes
-        # (known before any solve); the calls below then find them compiled. Only compilations run in threads:
-        # executing while another thread compiles can deadlock XLA's CPU runtime.
-        shapes = [jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=placement.sharding),
-                               jax.eval_shape(functools.partial(solve_bucket, **kw), args)) for args, kw in solves]
-        plans = [_group_plan(members, leaves, pieces, shapes, mesh) for members in groups.values()]
-        programs = [functools.partial(fit_group.lower, tuple(shapes[s] for s in used), index, **static)
-                    for used, index in plans]
-        programs += [functools.partial(solve_bucket.lower, args, **kw) for args, kw in solves]
-        with ThreadPoolExecutor(max_workers=_workers()) as pool:
-            list(pool.map(lambda lower: lower().compile(), programs))
-    sources = [solve_bucket(args, **kw) for args, kw in solves]
     for i, leaf in enumerate(leaves):
         if leaf.fft_size:  # conv2d_fft: the complex per-frequency matrices of one conv, solved together
             evals, rank, finite = operator_spectra(values[i], leaf.view, leaf.fft_size, method, dtype)
             sources.append((evals, rank, finite.reshape(-1)))
             pieces[i].append((0, len(sources) - 1, 0, leaf.num_matrices))
 
+    groups: dict[int, list[int]] = defaultdict(list)
+    for i, leaf in enumerate(leaves):
+        groups[padded_size(leaf.row_length)].append(i)
     out: list = [None] * len(leaves)
     for members in groups.values():
         used, index = _group_plan(members, leaves, pieces, sources, mesh)
-        metrics = fit_group(tuple(sources[s] for s in used), index, **static)
+        metrics = fit_group(tuple(sources[s] for s in used), index, num_clipped=num_clipped, tolerance=tolerance,
+                            dtype=dtype, mesh=mesh, ks_elements=ks_elements, tail=tail, inverse=inverse)
         for i, m in zip(members, _split_group(metrics, [leaves[i] for i in members], num_clipped)):
             out[i] = m
     return out
 
 
 def _group_plan(members, leaves, pieces, sources, mesh) -> tuple[list[int], RowIndex]:
-    """The sources a fit group reads and its :class:`RowIndex` (``sources`` may be arrays or their shapes)."""
+    """The sources a fit group reads and its :class:`RowIndex`."""
     used = sorted({s for i in members for _, s, _, _ in pieces[i]})
     local = {s: k for k, s in enumerate(used)}
     group_leaves = [leaves[i] for i in members]
@@ -455,32 +431,6 @@ def _group_plan(members, leaves, pieces, sources, mesh) -> tuple[list[int], RowI
     locations = [[(local[s], o, c) for _, s, o, c in sorted(pieces[i])] for i in members]
     n_pad = padded_size(max(leaf.row_length for leaf in group_leaves))
     return used, row_index(group_leaves, [tuple(sources[s][0].shape) for s in used], locations, n_pad, total)
-
-
-# Analyses whose programs were compiled ahead (an insertion-ordered set): a warm call skips straight to the solves.
-_PRECOMPILED: dict = {}
-
-
-class _Placement(NamedTuple):
-    sharding: SingleDeviceSharding | None  # None: the values are not committed to their device
-
-
-def _placement(values) -> _Placement | None:
-    """Where the solves' outputs will live, so that a program compiled ahead for their shapes is the one the call
-    finds; None when it cannot be known (tracers, host arrays, several devices, mixed commitment)."""
-    devices, committed = set(), set()
-    for v in values:
-        if not isinstance(v, jax.Array) or isinstance(v, jax.core.Tracer):
-            return None
-        devices |= v.devices()
-        committed.add(v.committed)
-    if len(devices) != 1 or len(committed) != 1:
-        return None
-    return _Placement(SingleDeviceSharding(devices.pop()) if committed.pop() else None)
-
-
-def _workers() -> int:
-    return min(8, os.cpu_count() or 1)
 
 
 __all__ = ["Bucket", "LeafPlan", "Piece", "RowIndex", "compute", "fit_group", "plan_buckets", "row_index",

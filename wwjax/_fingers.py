@@ -130,6 +130,8 @@ def fit_peak_power_law(
     peak = esd_peak(evals, fitted)
     upper = 1.5 * peak if xmin_max is None else jnp.asarray(xmin_max, evals.dtype)
     in_range = (evals >= 0.95 * peak) & (evals <= upper)
+    # powerlaw (which WeightWatcher runs for xmin_peak) never tries the largest value of the range as xmin
+    in_range = in_range & (evals < jnp.max(jnp.where(in_range, evals, -jnp.inf)))
     Ds = jnp.where(in_range, fits.Ds, jnp.inf)
     best = jnp.argmin(Ds)
     xmin = evals[best]

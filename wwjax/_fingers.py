@@ -105,6 +105,22 @@ def esd_peak(evals: Float[Array, " n"], fitted: jax.Array) -> Float[Array, ""]:
     return 10.0 ** edges[jnp.argmax(counts)]
 
 
+def peak_range(
+    evals: Float[Array, " n"], fitted: jax.Array, xmin_max: float | None = None
+) -> tuple[Float[Array, ""], Float[Array, ""]]:
+    """``xmin_peak``'s xmin range ``[0.95·peak, xmin_max]`` (``xmin_max`` defaults to ``1.5·peak``), shared by the
+    power-law and the truncated-power-law fits (``fit='E_TPL'``).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> x = jnp.array([1.0, 10.0, 10.0, 10.5, 100.0])
+      >>> [round(float(v), 3) for v in peak_range(x, x > 0)]
+      [9.5, 15.0]
+    """
+    peak = esd_peak(evals, fitted)
+    return 0.95 * peak, 1.5 * peak if xmin_max is None else jnp.asarray(xmin_max, evals.dtype)
+
+
 def fit_peak_power_law(
     evals: Float[Array, " n"],
     noise_floor: float | Float[Array, ""] = 0.0,
@@ -127,9 +143,8 @@ def fit_peak_power_law(
     fits, start, end = candidate_fits(evals, 0, noise_floor, block=block)
     idx = jnp.arange(evals.shape[0])
     fitted = (idx >= start) & (idx < end)
-    peak = esd_peak(evals, fitted)
-    upper = 1.5 * peak if xmin_max is None else jnp.asarray(xmin_max, evals.dtype)
-    in_range = (evals >= 0.95 * peak) & (evals <= upper)
+    lower, upper = peak_range(evals, fitted, xmin_max)
+    in_range = (evals >= lower) & (evals <= upper)
     # powerlaw (which WeightWatcher runs for xmin_peak) never tries the largest value of the range as xmin
     in_range = in_range & (evals < jnp.max(jnp.where(in_range, evals, -jnp.inf)))
     Ds = jnp.where(in_range, fits.Ds, jnp.inf)

@@ -12,8 +12,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
 from wwjax._detx import detx
-from wwjax._fingers import fit_clipped_power_law, fit_peak_power_law
-from wwjax._fingers import esd_peak
+from wwjax._fingers import fit_clipped_power_law, fit_peak_power_law, peak_range
 from wwjax._powerlaw import EVALS_THRESH, PowerLawFit, fit_power_law
 from wwjax._tpl import fit_truncated_power_law
 
@@ -87,9 +86,7 @@ def row_tail_fit(
         if tail.fix_fingers == "xmin_peak":  # E_TPL: the xmin_peak range, as for the power law
             n = evals.shape[0]
             fitted = (jnp.arange(n) < n - num_clipped) & (evals > jnp.maximum(EVALS_THRESH, noise_floor))
-            peak = esd_peak(evals, fitted)
-            upper = 1.5 * peak if tail.xmin_max is None else jnp.asarray(tail.xmin_max, evals.dtype)
-            xmin_range = (0.95 * peak, upper)
+            xmin_range = peak_range(evals, fitted, tail.xmin_max)
         # a KS element of the TPL keeps ~4× the live temporaries of the power law's (Γ's series and fraction)
         tpl = fit_truncated_power_law(evals, num_clipped, noise_floor, xmin_range=xmin_range,
                                       block=max(1, block // 4))

@@ -64,23 +64,26 @@ def test_mp_fit_float32_is_close(golden_params, f32):
 
 
 def _numpy_randomized(w: np.ndarray, shuffles: np.ndarray, replicas: int) -> dict:
-    """The spec's definitions, in NumPy/SciPy, on given shuffles ``(replicas + 1, n, m)`` of one matrix ``w``."""
+    """The spec's definitions, in NumPy/SciPy, on given shuffles of one matrix ``w``: R1 pools the first
+    ``replicas``; R2 is the next one (``replicas + 1`` given, WeightWatcher's fresh R2) or else the first."""
     esd = np.sort(np.linalg.svd(w, compute_uv=False) ** 2)
     spectra = [np.linalg.svd(s, compute_uv=False) ** 2 for s in shuffles]
-    r1, r2 = np.sort(np.concatenate(spectra[:replicas])), np.sort(spectra[replicas])
+    r1, r2 = np.sort(np.concatenate(spectra[:replicas])), np.sort(spectra[replicas % len(spectra)])
     m = (esd + r2) / 2
     js = np.sqrt((scipy.stats.entropy(esd, m) + scipy.stats.entropy(r2, m)) / 2)
     return dict(max_rand_eval=r1.max(), rand_distance=js, ww_softrank=r2.max() / esd.max(),
                 ww_maxdist=esd.max() - r2.max())
 
 
+@pytest.mark.parametrize("fresh_r2", [False, True])
 @pytest.mark.parametrize("shape", [(120, 40), (200, 120)])  # 5 shuffles in R1 (M < 100), and 1
-def test_randomized_columns_follow_their_definitions(shape, x64):
+def test_randomized_columns_follow_their_definitions(shape, fresh_r2, x64):
     w = heavy_tailed(np.random.default_rng(1), shape).astype(np.float64)
-    row = wwjax.details(wwjax.analyze({"dense": {"kernel": w}}, svd_method="accurate", randomize=True, key=7)).iloc[0]
+    params = {"dense": {"kernel": w}}
+    row = wwjax.details(wwjax.analyze(params, svd_method="accurate", randomize=True, key=7, fresh_r2=fresh_r2)).iloc[0]
     replicas = 5 if shape[1] < 100 else 1
     mats = as_matrices(w, MatrixView((0,), (1,)))[0]
-    shuffles = np.asarray(shuffled(leaf_key(as_key(7), "dense/kernel"), mats, replicas + 1))[:, 0]
+    shuffles = np.asarray(shuffled(leaf_key(as_key(7), "dense/kernel"), mats, replicas + fresh_r2))[:, 0]
     expected = _numpy_randomized(w, shuffles, replicas)
     for column, value in expected.items():
         np.testing.assert_allclose(row[column], value, rtol=1e-9, err_msg=column)
@@ -102,12 +105,15 @@ def test_randomize_is_reproducible_jitted_or_not():
 
 
 @pytest.mark.slow
-def test_randomize_agrees_with_weightwatcher_over_seeds(golden_params, x64):
-    """WeightWatcher's shuffle is unseeded: our mean over keys must sit within the spread of its runs."""
+@pytest.mark.parametrize("fresh_r2", [False, True])
+def test_randomize_agrees_with_weightwatcher_over_seeds(golden_params, fresh_r2, x64):
+    """WeightWatcher's shuffle is unseeded: our mean over keys must sit within the spread of its runs (whether R2 is
+    a shuffle of its own, as in WeightWatcher, or R1's: each column's distribution is the same)."""
     theirs = pd.read_csv(GOLDEN / "ww_randomize.csv")
     names = ("dense_square", "dense_wide", "heavy", "conv_rgb", "rank1")
     params = {k: golden_params[k] for k in names}
-    runs = [wwjax.details(wwjax.analyze(params, svd_method="accurate", randomize=True, key=k)) for k in range(4)]
+    runs = [wwjax.details(wwjax.analyze(params, svd_method="accurate", randomize=True, key=k, fresh_r2=fresh_r2))
+            for k in range(4)]
     ours = pd.concat(runs).groupby("path")
     ww = theirs[theirs.path.isin(ours.groups)].groupby("path")
     for column in ["rand_distance", "ww_softrank", "max_rand_eval", "rand_sigma_mp", "rand_bulk_max", "num_traps"]:

@@ -170,6 +170,9 @@ def analyze(params, **options):
       randomize: add the randomized-ESD and correlation-trap columns (``rand_distance``, ``ww_softrank``,
         ``ww_maxdist``, ``max_rand_eval``, ``num_traps`` and the ``rand_*`` MP fit); needs ``key``.
       key: an int seed or a ``jax.random`` key for ``randomize``: the same key gives the same numbers.
+      fresh_r2: with ``randomize``, compare the ESD with one more shuffle of each matrix (``rand_distance``,
+        ``ww_softrank``, ``ww_maxdist``) as WeightWatcher does, at the cost of one more eigen-solve per matrix.
+        False (default): they use the shuffle whose spectrum the ``rand_*`` MP fit and ``max_rand_eval`` see.
       trap_elements: with ``randomize``, locate up to this many large elements per row (``trap_index``,
         ``trap_value`` in ``extra``; ``num_trap_elements`` counts them all).
       fix_fingers: ``'clip_xmax'`` (with ``max_fingers=10``, ``finger_thresh=1.0``; adds ``num_fingers``,

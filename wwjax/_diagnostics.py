@@ -2,7 +2,9 @@
 
 Called once after the rows' spectra and fits exist. Everything is batched like the core: MP fits of all rows of
 similar ESD length in one vmapped call; the shuffled matrices of all leaves bucketed by shape, one eigen-solve per
-bucket. The columns go to ``LayerMetrics.extra`` (``details`` tables the 1-D ones):
+bucket. Each step is a small program keyed on shapes, not one program for the whole model: leaves and buckets of
+the same shape share a compilation (within a model and across models), and XLA's CPU runtime is never handed one
+huge program of many independent parts (which could stall it). The columns go to ``LayerMetrics.extra`` (``details`` tables the 1-D ones):
 
 * ``mp_fit``: ``num_spikes, sigma_mp, mp_softrank, W_scale, bulk_max, bulk_min``;
 * ``randomize``: ``max_rand_eval, rand_distance, ww_softrank, ww_maxdist, rand_num_spikes, num_traps,
@@ -34,7 +36,7 @@ MP_COLUMNS = ("num_spikes", "sigma_mp", "mp_softrank", "W_scale", "bulk_max", "b
 
 def check_options(opts) -> None:
     """Raises a TypeError/ValueError that says what to change in the diagnostics options."""
-    for flag in ("mp_fit", "randomize"):
+    for flag in ("mp_fit", "randomize", "fresh_r2"):
         if not isinstance(getattr(opts, flag), bool):
             raise TypeError(f"{flag} must be True or False, got {getattr(opts, flag)!r}")
     if opts.randomize and opts.key is None:
@@ -46,6 +48,8 @@ def check_options(opts) -> None:
         raise ValueError(f"trap_elements must be an int >= 0 (how many large elements to locate per row), got {k!r}")
     if k and not opts.randomize:
         raise ValueError("trap_elements needs randomize=True (the threshold comes from the shuffled bulk edge)")
+    if opts.fresh_r2 and not opts.randomize:
+        raise ValueError("fresh_r2 chooses how randomize=True draws R2: pass randomize=True too, or drop fresh_r2")
 
 
 def _padded_size(n: int, minimum: int = 8) -> int:
@@ -99,10 +103,14 @@ def _shuffle_leaf(key, mats, replicas: int):
 
 @functools.partial(jax.jit, static_argnames=("replicas", "pool", "scale", "L", "K"))
 def _random_rows(evals, *, replicas: int, pool: bool, scale: float, L: int, K: int):
-    """Shuffled spectra ``(replicas + 1, L·K, m)`` → ``R1`` and ``R2`` rows, pooled like the ESD rows."""
+    """Shuffled spectra ``(shuffles, L·K, m)`` → ``R1`` and ``R2`` rows, pooled like the ESD rows.
+
+    ``R1`` pools the first ``replicas`` shuffles; ``R2`` is the one after them if there is one (``fresh_r2``),
+    else the first.
+    """
     m = evals.shape[-1]
-    evals = evals.reshape(replicas + 1, L, K, m) * scale
-    r1, r2 = evals[:replicas], evals[replicas]
+    evals = evals.reshape(-1, L, K, m) * scale
+    r1, r2 = evals[:replicas], evals[replicas % evals.shape[0]]
     if pool:
         r1 = r1.transpose(1, 0, 2, 3).reshape(L, replicas * K * m)
         r2 = r2.reshape(L, K * m)
@@ -113,13 +121,13 @@ def _random_rows(evals, *, replicas: int, pool: bool, scale: float, L: int, K: i
 
 
 
-def _random_spectra(leaves, values, key, method: str, dtype, scales, pool: bool):
+def _random_spectra(leaves, values, key, method: str, dtype, scales, pool: bool, fresh_r2: bool):
     """``(R1, R2)`` rows of every leaf: the shuffles of all leaves bucketed by shape, one eigen-solve per bucket."""
     shuffles, buckets = [], defaultdict(list)
     for i, (leaf, value) in enumerate(zip(leaves, values)):
         mats = _finite_matrices(value, leaf.view, dtype)
         reps = num_replicas(leaf.shape.M)
-        shuffles.append(_shuffle_leaf(leaf_key(key, leaf.info.path), mats, reps + 1))
+        shuffles.append(_shuffle_leaf(leaf_key(key, leaf.info.path), mats, reps + int(fresh_r2)))
         buckets[shuffles[-1].shape[-2:]].append(i)
     spectra = [None] * len(leaves)
     for members in buckets.values():
@@ -159,6 +167,7 @@ def _trap_elements(value, bulk_max, *, view: MatrixView, shape: tuple, k: int, p
     )
 
 
+@jax.jit
 def _masked(columns: dict, ok) -> dict:
     """NaN (floats) / −1 (ints) in rows whose weights were not finite."""
     def mask(v):
@@ -170,7 +179,7 @@ def _masked(columns: dict, ok) -> dict:
 
 @dataclasses.dataclass(frozen=True)
 class _Plan:
-    """What the diagnostics program needs to know statically (hashable: it keys the compilation cache)."""
+    """What the diagnostics need to know statically."""
 
     leaves: tuple
     scales: tuple[float, ...]
@@ -179,11 +188,22 @@ class _Plan:
     mp_fit: bool
     randomize: bool
     trap_elements: int
+    fresh_r2: bool
 
 
-@functools.partial(jax.jit, static_argnames=("plan",))
+@jax.jit
+def _rand_columns(esd, r1, r2) -> dict:
+    """The columns that compare a leaf's ESD rows with its shuffled ones."""
+    return dict(
+        max_rand_eval=r1[:, -1],
+        rand_distance=jax.vmap(jensen_shannon_distance)(esd, r2),
+        ww_softrank=r2[:, -1] / esd[:, -1],
+        ww_maxdist=esd[:, -1] - r2[:, -1],
+    )
+
+
 def _columns(values, esds, ok, key, *, plan: _Plan) -> list[dict]:
-    """Every optional column of every leaf, as one program (compiled once per model structure)."""
+    """Every optional column of every leaf (under ``jax.jit`` too: then it is all one program)."""
     leaves = plan.leaves
     extras: list[dict] = [{} for _ in leaves]
     shapes = [(leaf.shape.N, leaf.shape.M) for leaf in leaves]
@@ -191,15 +211,11 @@ def _columns(values, esds, ok, key, *, plan: _Plan) -> list[dict]:
         for extra, fit in zip(extras, fit_rows_grouped(list(esds), shapes)):
             extra.update(_mp_columns(fit, ""))
     if plan.randomize:
-        rand = _random_spectra(leaves, values, key, plan.method, esds[0].dtype, plan.scales, plan.pool)
+        rand = _random_spectra(leaves, values, key, plan.method, esds[0].dtype, plan.scales, plan.pool,
+                               plan.fresh_r2)
         fits = fit_rows_grouped([r1 for r1, _ in rand], shapes)
         for i, (extra, esd, (r1, r2), fit) in enumerate(zip(extras, esds, rand, fits)):
-            extra.update(
-                max_rand_eval=r1[:, -1],
-                rand_distance=jax.vmap(jensen_shannon_distance)(esd, r2),
-                ww_softrank=r2[:, -1] / esd[:, -1],
-                ww_maxdist=esd[:, -1] - r2[:, -1],
-            )
+            extra.update(_rand_columns(esd, r1, r2))
             extra.update(_mp_columns(fit, "rand_"))
             extra["num_traps"] = fit.num_spikes
             if plan.trap_elements:
@@ -218,7 +234,7 @@ def add_diagnostics(leaves, values, metrics: list[dict], opts, *, scales, method
     if not (opts.mp_fit or opts.randomize):
         return metrics
     plan = _Plan(tuple(leaves), tuple(float(s) for s in scales), method, opts.pool, opts.mp_fit, opts.randomize,
-                 opts.trap_elements)
+                 opts.trap_elements, opts.fresh_r2)
     key = as_key(opts.key) if opts.randomize else None
     ok = [m["status_code"] != _results.STATUS_NON_FINITE for m in metrics]
     extras = _columns(tuple(values), tuple(m["esd"] for m in metrics), ok, key, plan=plan)

@@ -37,7 +37,7 @@ from wwjax._metrics import norm_metrics
 from wwjax._conv_fft import operator_spectra
 from wwjax._inverse import invert_esd
 from wwjax._tail import TailOptions, row_tail_fit
-from wwjax._spectra import SliceSpectra, rank_tolerance, slice_spectra
+from wwjax._spectra import SliceSpectra, eigenvalues, rank_tolerance, slice_spectra
 
 # Elements of the (rows × candidates × eigenvalues) KS reduction materialised at once (per device).
 _KS_BLOCK_ELEMENTS = 1 << 23
@@ -190,7 +190,7 @@ def _blockwise_gram_spectrum(mat, block_rows: int, method: str, dtype):
         return gram, finite
 
     gram, finite = jax.lax.fori_loop(0, num_blocks, add_block, (jnp.zeros((m, m), dtype), jnp.array(True)))
-    evals = jnp.clip(jnp.linalg.eigvalsh(jnp.where(finite, gram, 0.0)), 0.0, None)
+    evals = jnp.clip(eigenvalues(jnp.where(finite, gram, 0.0)), 0.0, None)
     tol = rank_tolerance(method, n, m, dtype)
     rank = jnp.sum(evals > evals[-1] * tol)
     return SliceSpectra(evals[None], rank[None]), finite[None]

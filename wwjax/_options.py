@@ -47,6 +47,7 @@ class AnalyzeOptions:
     randomize: bool = False
     key: object = None  # an int seed or a jax.random key; randomize=True needs it
     trap_elements: int = 0
+    fresh_r2: bool = False  # randomize: R2 from one more shuffle, as WeightWatcher (else R2 is R1's first shuffle)
     # --- end optional diagnostics ---
 
     @property

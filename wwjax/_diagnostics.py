@@ -87,16 +87,15 @@ def _mp_columns(fit: MarchenkoPasturFit, prefix: str) -> dict:
     return {names.get(c, prefix + c): getattr(fit, c) for c in MP_COLUMNS}
 
 
-@functools.partial(jax.jit, static_argnames=("view", "dtype"))
-def _finite_matrices(value, view: MatrixView, dtype):
-    """A leaf as ``(L, K, N, M)`` matrices, non-finite ones zeroed (their rows are already marked failed)."""
+@functools.partial(jax.jit, static_argnames=("view", "dtype", "replicas"))
+def _shuffle_leaf(key, value, *, view: MatrixView, dtype, replicas: int):
+    """``replicas`` shuffles of each of a leaf's ``(L, K, N, M)`` matrices, as ``(replicas·L·K, N, M)``.
+
+    Non-finite matrices are zeroed first (their rows are already marked failed).
+    """
     mats = as_matrices(value.astype(dtype), view)
     ok = jnp.all(jnp.isfinite(mats), axis=(-2, -1))
-    return jnp.where(ok[..., None, None], mats, 0.0)
-
-
-@functools.partial(jax.jit, static_argnames=("replicas",))
-def _shuffle_leaf(key, mats, replicas: int):
+    mats = jnp.where(ok[..., None, None], mats, 0.0)
     L, K, n, m = mats.shape
     return shuffled(key, mats.reshape(L * K, n, m), replicas).reshape(-1, n, m)
 
@@ -125,9 +124,9 @@ def _random_spectra(leaves, values, key, method: str, dtype, scales, pool: bool,
     """``(R1, R2)`` rows of every leaf: the shuffles of all leaves bucketed by shape, one eigen-solve per bucket."""
     shuffles, buckets = [], defaultdict(list)
     for i, (leaf, value) in enumerate(zip(leaves, values)):
-        mats = _finite_matrices(value, leaf.view, dtype)
-        reps = num_replicas(leaf.shape.M)
-        shuffles.append(_shuffle_leaf(leaf_key(key, leaf.info.path), mats, reps + int(fresh_r2)))
+        replicas = num_replicas(leaf.shape.M) + int(fresh_r2)
+        shuffles.append(_shuffle_leaf(leaf_key(key, leaf.info.path), value, view=leaf.view, dtype=dtype,
+                                      replicas=replicas))
         buckets[shuffles[-1].shape[-2:]].append(i)
     spectra = [None] * len(leaves)
     for members in buckets.values():

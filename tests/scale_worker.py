@@ -88,7 +88,7 @@ def main(argv):
                            rtol=1e-12, atol=0), "jitted on sharded params differs"
         hlo = analyze.lower(params).compile().as_text()
         # The batched symmetric eigen-solve's operand shapes: the leading (batch) axis is per device.
-        batches = sorted({m.group(1) for m in re.finditer(r"f64\[(\d+),\d+,\d+\][^\n]*custom_call_target=\"[^\"]*syevd", hlo)})
+        batches = sorted({m.group(1) for m in re.finditer(r"f64\[(\d+),\d+,\d+\][^\n]*custom_call_target=\"[^\"]*sy(?:evd|trd)", hlo)})
         with open(out_csv + ".hlo", "w") as f:
             f.write(",".join(batches))
         return

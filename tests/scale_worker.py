@@ -22,8 +22,6 @@ import numpy as np
 
 
 def _load(path):
-    import numpy as np
-
     with np.load(path) as data:
         return {key: data[key] for key in data.files}
 
@@ -43,7 +41,6 @@ def _sharded(flat, mesh):
     """Global arrays sharded on their first axis over every device of ``mesh`` (replicated when it does not divide);
     each process reads only the rows of its own devices."""
     import jax
-    import numpy as np
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 

@@ -154,7 +154,6 @@ def test_a_transformer_compiles_once_per_bucket_and_fit_group():
     assert again.count == 0
 
 
-
 CACHED_CHILD = """
 import sys, numpy as np, wwjax
 wwjax.enable_compilation_cache(sys.argv[1])

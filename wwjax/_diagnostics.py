@@ -4,7 +4,8 @@ Called once after the rows' spectra and fits exist. Everything is batched like t
 similar ESD length in one vmapped call; the shuffled matrices of all leaves bucketed by shape, one eigen-solve per
 bucket. Each step is a small program keyed on shapes, not one program for the whole model: leaves and buckets of
 the same shape share a compilation (within a model and across models), and XLA's CPU runtime is never handed one
-huge program of many independent parts (which could stall it). The columns go to ``LayerMetrics.extra`` (``details`` tables the 1-D ones):
+huge program of many independent parts (which could stall it). The columns go to ``LayerMetrics.extra``
+(``details`` tables the 1-D ones):
 
 * ``mp_fit``: ``num_spikes, sigma_mp, mp_softrank, W_scale, bulk_max, bulk_min``;
 * ``randomize``: ``max_rand_eval, rand_distance, ww_softrank, ww_maxdist, rand_num_spikes, num_traps,

@@ -171,9 +171,7 @@ def shuffled(key: jax.Array, mats: Float[Array, "batch n m"], replicas: int) -> 
     flat = mats.reshape(batch, n * m)
 
     def one(stream, w):
-        # The barrier keeps XLA from fusing the Feistel network into the gather, a loop it runs on one thread.
-        permutation = jax.lax.optimization_barrier(_permutation(_round_keys(seed, stream), n * m))
-        return jnp.take(w, permutation, mode="clip")
+        return jnp.take(w, _permutation(_round_keys(seed, stream), n * m), mode="clip")
 
     return jax.vmap(lambda row: jax.vmap(one)(row, flat))(streams).reshape(replicas, batch, n, m)
 

@@ -65,8 +65,8 @@ def tridiagonal_eigenvalues(d: Float[Array, " m"], e: Float[Array, " m-1"]) -> F
 
     Bisection on Sturm counts (LAPACK's ``dlaebz``, all eigenvalues at once): the number of negative pivots of
     ``T - x·I`` is the number of eigenvalues below x. Each eigenvalue is bracketed in the Gershgorin interval and
-    halved ``nmant + 2`` times, to an absolute ``eps·‖T‖`` as ``eigvalsh``. A loop of fixed length over a scan: a
-    small program that compiles in a fraction of a second.
+    halved ``nmant + 2`` times, to an absolute ``eps·‖T‖`` as ``eigvalsh``. A loop of fixed length over a scan
+    (about 0.5 s to compile; ``jax.scipy.linalg.eigh_tridiagonal`` took 1.7-2 s).
 
     Example:
       >>> import jax.numpy as jnp
@@ -105,9 +105,7 @@ def tridiagonal_eigenvalues(d: Float[Array, " m"], e: Float[Array, " m-1"]) -> F
 
     lower = jnp.full(m, low - slack)
     upper = jnp.full(m, high + slack)
-    # A trip count XLA cannot see: it would unroll a constant one, multiplying the compile time.
-    steps = jax.lax.optimization_barrier(jnp.int32(finfo.nmant + 2))
-    lower, upper = jax.lax.fori_loop(0, steps, halve, (lower, upper))
+    lower, upper = jax.lax.fori_loop(0, finfo.nmant + 2, halve, (lower, upper))
     return 0.5 * (lower + upper)
 
 

@@ -16,7 +16,7 @@ import scipy.stats
 import wwjax
 from conftest import GOLDEN, heavy_tailed
 from wwjax._layout import MatrixView, as_matrices
-from wwjax._randomize import as_key, leaf_key, shuffled
+from wwjax._randomize import as_key, leaf_seed, path_hash, shuffled
 
 MP_COLUMNS = ["num_spikes", "sigma_mp", "mp_softrank", "W_scale", "bulk_max", "bulk_min"]
 RAND_COLUMNS = ["max_rand_eval", "rand_distance", "ww_softrank", "ww_maxdist", "rand_num_spikes", "num_traps",
@@ -83,7 +83,7 @@ def test_randomized_columns_follow_their_definitions(shape, fresh_r2, x64):
     row = wwjax.details(wwjax.analyze(params, svd_method="accurate", randomize=True, key=7, fresh_r2=fresh_r2)).iloc[0]
     replicas = 5 if shape[1] < 100 else 1
     mats = as_matrices(w, MatrixView((0,), (1,)))[0]
-    shuffles = np.asarray(shuffled(leaf_key(as_key(7), "dense/kernel"), mats, replicas + fresh_r2))[:, 0]
+    shuffles = np.asarray(shuffled(leaf_seed(as_key(7), path_hash("dense/kernel")), mats, replicas + fresh_r2))[:, 0]
     expected = _numpy_randomized(w, shuffles, replicas)
     for column, value in expected.items():
         np.testing.assert_allclose(row[column], value, rtol=1e-9, err_msg=column)
@@ -191,3 +191,31 @@ def test_every_element_lands_anywhere_with_equal_chance():
     counts = np.bincount(np.asarray(jnp.argmax(perms == 0, axis=1)), minlength=10)
     # 4000 draws over 10 positions: 400 ± 19 each; a biased shuffle (e.g. a plain rotation) fails this at once
     assert counts.min() > 320 and counts.max() < 480, counts
+
+
+def test_elements_that_share_a_row_or_column_are_spread_as_by_chance():
+    """The pair statistics that a matrix's spectrum sees: how often two elements from one row (or column) of W land
+    in one row (or column) of the shuffle. A uniform shuffle gives a known mean; too few Feistel rounds do not (three
+    rounds miss it by ~20 standard errors here, two by hundreds)."""
+    from wwjax._randomize import random_permutation
+
+    N, M, seeds = 3000, 384, 8
+    n = N * M
+    out_row, out_col = np.arange(n) // M, np.arange(n) % M
+
+    def pair_count(a, b, nb):
+        c = np.bincount(a.astype(np.int64) * nb + b).astype(np.float64)
+        return (c * (c - 1) / 2).sum()
+
+    z = []
+    for seed in range(seeds):
+        src = np.asarray(random_permutation(jax.random.key(seed), n))
+        src_row, src_col = src // M, src % M
+        row = []
+        for same_src, size in ((src_row, M), (src_col, N)):
+            for same_out, chance in ((out_row, (M - 1) / (n - 1)), (out_col, (N - 1) / (n - 1))):
+                expected = n * (size - 1) / 2 * chance
+                row.append((pair_count(same_src, same_out, max(N, M)) - expected) / np.sqrt(expected))
+        z.append(row)
+    z_of_mean = np.mean(z, axis=0) * np.sqrt(seeds)
+    assert np.all(np.abs(z_of_mean) < 4.5), z_of_mean

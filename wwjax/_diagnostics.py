@@ -29,7 +29,9 @@ import numpy as np
 from wwjax import _results
 from wwjax._layout import MatrixView, as_matrices
 from wwjax._mpfit import MarchenkoPasturFit, fit_marchenko_pastur_rows
-from wwjax._randomize import as_key, jensen_shannon_distance, leaf_key, num_replicas, shuffled, trap_threshold
+from wwjax._randomize import (
+    as_key, jensen_shannon_distance, leaf_seed, num_replicas, path_hash, shuffled, trap_threshold,
+)
 from wwjax._spectra import slice_spectra
 
 MP_COLUMNS = ("num_spikes", "sigma_mp", "mp_softrank", "W_scale", "bulk_max", "bulk_min")
@@ -89,16 +91,18 @@ def _mp_columns(fit: MarchenkoPasturFit, prefix: str) -> dict:
 
 
 @functools.partial(jax.jit, static_argnames=("view", "dtype", "replicas"))
-def _shuffle_leaf(key, value, *, view: MatrixView, dtype, replicas: int):
+def _shuffle_leaf(key, path_word, value, ok, *, view: MatrixView, dtype, replicas: int):
     """``replicas`` shuffles of each of a leaf's ``(L, K, N, M)`` matrices, as ``(replicas·L·K, N, M)``.
 
-    Non-finite matrices are zeroed first (their rows are already marked failed).
+    ``path_word`` (the leaf's :func:`path_hash`) is an argument, so leaves of one shape share the compilation.
+    The shuffles of rows whose weights are not finite (``ok`` false, one flag per ESD row) are zeros: those rows
+    are already marked failed, and the core found them, so no second pass over the weights looks for them.
     """
     mats = as_matrices(value.astype(dtype), view)
-    ok = jnp.all(jnp.isfinite(mats), axis=(-2, -1))
-    mats = jnp.where(ok[..., None, None], mats, 0.0)
     L, K, n, m = mats.shape
-    return shuffled(key, mats.reshape(L * K, n, m), replicas).reshape(-1, n, m)
+    ok = jnp.repeat(ok, L * K // ok.shape[0])  # one flag per matrix (a pooled row covers K of them)
+    out = shuffled(leaf_seed(key, path_word), mats.reshape(L * K, n, m), replicas)
+    return jnp.where(ok[None, :, None, None], out, 0.0).reshape(-1, n, m)
 
 
 @functools.partial(jax.jit, static_argnames=("replicas", "pool", "scale", "L", "K"))
@@ -121,12 +125,12 @@ def _random_rows(evals, *, replicas: int, pool: bool, scale: float, L: int, K: i
 
 
 
-def _random_spectra(leaves, values, key, method: str, dtype, scales, pool: bool, fresh_r2: bool):
+def _random_spectra(leaves, values, ok, key, method: str, dtype, scales, pool: bool, fresh_r2: bool):
     """``(R1, R2)`` rows of every leaf: the shuffles of all leaves bucketed by shape, one eigen-solve per bucket."""
     shuffles, buckets = [], defaultdict(list)
-    for i, (leaf, value) in enumerate(zip(leaves, values)):
+    for i, (leaf, value, row_ok) in enumerate(zip(leaves, values, ok)):
         replicas = num_replicas(leaf.shape.M) + int(fresh_r2)
-        shuffles.append(_shuffle_leaf(leaf_key(key, leaf.info.path), value, view=leaf.view, dtype=dtype,
+        shuffles.append(_shuffle_leaf(key, path_hash(leaf.info.path), value, row_ok, view=leaf.view, dtype=dtype,
                                       replicas=replicas))
         buckets[shuffles[-1].shape[-2:]].append(i)
     spectra = [None] * len(leaves)
@@ -211,7 +215,7 @@ def _columns(values, esds, ok, key, *, plan: _Plan) -> list[dict]:
         for extra, fit in zip(extras, fit_rows_grouped(list(esds), shapes)):
             extra.update(_mp_columns(fit, ""))
     if plan.randomize:
-        rand = _random_spectra(leaves, values, key, plan.method, esds[0].dtype, plan.scales, plan.pool,
+        rand = _random_spectra(leaves, values, ok, key, plan.method, esds[0].dtype, plan.scales, plan.pool,
                                plan.fresh_r2)
         fits = fit_rows_grouped([r1 for r1, _ in rand], shapes)
         for i, (extra, esd, (r1, r2), fit) in enumerate(zip(extras, esds, rand, fits)):

@@ -9,9 +9,12 @@ For each model it measures, in seconds:
 * **wwjax cold**: ``wwjax.analyze(params)`` + ``jax.block_until_ready`` in a fresh process of this interpreter, so
   backend start-up and every compilation are included (imports and loading the weights are not).
 * **wwjax warm**: the same call in this process after one warm-up call; median of ``--repeats`` runs.
-* **bare Gram+eigvalsh warm**: the floor under wwjax's default ``svd_method='fast'``: the matrices, oriented
-  ``N >= M``, grouped by shape, stacked on the device beforehand, and solved by a jitted, vmapped
-  ``eigvalsh(WᵀW)`` (HIGHEST-precision einsum); median of ``--repeats`` runs after a warm-up.
+* **bare Gram+eigvalsh warm**: the plain JAX way to the same eigenvalues: the matrices, oriented ``N >= M``,
+  grouped by shape, stacked on the device beforehand, and solved by a jitted, vmapped ``eigvalsh(WᵀW)``
+  (HIGHEST-precision einsum); median of ``--repeats`` runs after a warm-up.
+* **bare Gram+solver warm**: the floor under wwjax's default ``svd_method='fast'``: the same Gram matrices through
+  wwjax's own eigen-solver (``wwjax._spectra.eigenvalues``: on CPU LAPACK ``sytrd`` and a bisection, elsewhere
+  ``eigvalsh``), timed the same way. ``wwjax warm / bare solver warm`` is wwjax's overhead over the solve.
 * **bare SVD warm**: the same stacks through ``jnp.linalg.svd(..., compute_uv=False)``; compiled ahead of time,
   then run once (it is slow).
 
@@ -256,14 +259,18 @@ def time_wwjax_warm(params: dict, repeats: int):
     return median_seconds(call, repeats), holder["result"]
 
 
-def time_bare(stacks: list[np.ndarray], repeats: int) -> tuple[float, float]:
-    """Seconds for all groups: Gram + eigvalsh (median of ``repeats`` after a warm-up), SVD (compiled, run once)."""
+def time_bare(stacks: list[np.ndarray], repeats: int) -> tuple[float, float, float]:
+    """Seconds for all groups: Gram + eigvalsh and Gram + wwjax's solver (medians of ``repeats`` after a warm-up),
+    SVD (compiled, run once)."""
     import jax
     import jax.numpy as jnp
+    from wwjax._spectra import eigenvalues
+
+    def gram_of(w):
+        return jnp.einsum("nm,nk->mk", w, w, precision=jax.lax.Precision.HIGHEST)
 
     def gram_eigvalsh(w):
-        gram = jnp.einsum("nm,nk->mk", w, w, precision=jax.lax.Precision.HIGHEST)
-        return jnp.linalg.eigvalsh(gram)
+        return jnp.linalg.eigvalsh(gram_of(w))
 
     def singular_values(w):
         return jnp.linalg.svd(w, compute_uv=False)
@@ -271,13 +278,15 @@ def time_bare(stacks: list[np.ndarray], repeats: int) -> tuple[float, float]:
     on_device = [jax.block_until_ready(jnp.asarray(s)) for s in stacks]
     gram_solve = jax.jit(jax.vmap(gram_eigvalsh))
     gram = median_seconds(lambda: jax.block_until_ready([gram_solve(s) for s in on_device]), repeats)
+    ours_solve = jax.jit(lambda s: eigenvalues(jax.vmap(gram_of)(s)))
+    ours = median_seconds(lambda: jax.block_until_ready([ours_solve(s) for s in on_device]), repeats)
 
     svd_solve = jax.jit(jax.vmap(singular_values))
     compiled = [svd_solve.lower(s).compile() for s in on_device]
     start = time.perf_counter()
     jax.block_until_ready([solve(s) for solve, s in zip(compiled, on_device)])
     svd = time.perf_counter() - start
-    return gram, svd
+    return gram, ours, svd
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -338,8 +347,8 @@ def benchmark_model(name: str, params: dict, ww_python: str | None, repeats: int
 
     log(f"[{name}] wwjax warm ...")
     figures["wwjax_warm_s"], result = time_wwjax_warm(params, repeats)
-    log(f"[{name}] bare Gram+eigvalsh and SVD ...")
-    figures["bare_gram_s"], figures["bare_svd_s"] = time_bare(solver_stacks(flat), repeats)
+    log(f"[{name}] bare Gram+eigvalsh, Gram+solver and SVD ...")
+    figures["bare_gram_s"], figures["bare_solver_s"], figures["bare_svd_s"] = time_bare(solver_stacks(flat), repeats)
     if ww_alpha is not None:
         figures["parity"] = compare_alpha(result, ww_alpha)
     return figures
@@ -412,10 +421,12 @@ def print_report(env: dict, results: dict[str, dict], ww_python: str | None) -> 
         ("wwjax compilations (cold)", lambda r: str(r["wwjax_compilations"])),
         ("wwjax warm (s)", lambda r: seconds(r["wwjax_warm_s"])),
         ("bare Gram+eigvalsh warm (s)", lambda r: seconds(r["bare_gram_s"])),
+        ("bare Gram+solver warm (s)", lambda r: seconds(r["bare_solver_s"])),
         ("bare SVD warm (s)", lambda r: seconds(r["bare_svd_s"])),
         ("WW cold / wwjax cold", lambda r: ratio(r.get("ww_cold_s"), r["wwjax_cold_s"])),
         ("WW warm / wwjax warm", lambda r: ratio(r.get("ww_warm_s"), r["wwjax_warm_s"])),
         ("wwjax warm / bare Gram warm", lambda r: ratio(r["wwjax_warm_s"], r["bare_gram_s"])),
+        ("wwjax warm / bare solver warm", lambda r: ratio(r["wwjax_warm_s"], r["bare_solver_s"])),
         ("layers analysed (WW / wwjax)", lambda r: parity_cells(r.get("parity"))[0]),
         ("max |alpha diff| vs WW", lambda r: parity_cells(r.get("parity"))[1]),
     ]

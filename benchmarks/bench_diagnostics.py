@@ -1,8 +1,9 @@
 """``analyze(randomize=True)`` and ``analyze(mp_fit=True)``: wwjax against WeightWatcher, and against wwjax's default.
 
 Prints, per model, the warm median seconds of wwjax's default, ``mp_fit=True`` and ``randomize=True`` analyses
-(after one warm-up call: compilation excluded), WeightWatcher's ``analyze()``, ``analyze(mp_fit=True)`` and
-``analyze(randomize=True)`` (second call in a fresh ``--ww-python`` process), and the ratios:
+(after one warm-up call: compilation excluded; the options take turns in each repeat), WeightWatcher's
+``analyze()``, ``analyze(mp_fit=True)`` and ``analyze(randomize=True)`` (second call in a fresh ``--ww-python``
+process), and the ratios:
 ``WW / wwjax`` for each option and ``wwjax randomize / wwjax default`` (the cost of a randomized analysis).
 
     python benchmarks/bench_diagnostics.py --ww-python /path/to/ww-env/bin/python [--blocks 2 --vocab 8000]
@@ -53,23 +54,24 @@ print(json.dumps(out))
 
 
 def time_wwjax(params: dict, repeats: int) -> dict[str, float]:
+    """Median seconds of each option's warm analysis. The options take turns within each repeat, so a slow spell
+    of a shared machine lands on all of them alike and leaves their ratios alone."""
     import jax
     import wwjax
 
-    def timed(options):
-        def call(seed):
-            keyed = dict(options, key=seed) if options.get("randomize") else options
-            jax.block_until_ready(wwjax.analyze(params, **keyed))
+    def call(options, seed):
+        keyed = dict(options, key=seed) if options.get("randomize") else options
+        start = time.perf_counter()
+        jax.block_until_ready(wwjax.analyze(params, **keyed))
+        return time.perf_counter() - start
 
-        call(0)  # compile
-        times = []
-        for r in range(repeats):
-            start = time.perf_counter()
-            call(r + 1)
-            times.append(time.perf_counter() - start)
-        return statistics.median(times)
-
-    return {name: timed(options) for name, options in OPTIONS.items()}
+    for options in OPTIONS.values():
+        call(options, 0)  # compile
+    times = {name: [] for name in OPTIONS}
+    for r in range(repeats):
+        for name, options in OPTIONS.items():
+            times[name].append(call(options, r + 1))
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main(argv=None) -> None:

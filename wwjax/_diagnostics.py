@@ -30,7 +30,7 @@ from wwjax import _results
 from wwjax._layout import MatrixView, as_matrices
 from wwjax._mpfit import MarchenkoPasturFit, fit_marchenko_pastur_rows
 from wwjax._randomize import (
-    as_key, jensen_shannon_distance, leaf_seed, num_replicas, path_hash, shuffled, trap_threshold,
+    as_key, jensen_shannon_distance, leaf_seed, num_replicas, path_hash, permutations, permuted, trap_threshold,
 )
 from wwjax._spectra import slice_spectra
 
@@ -90,18 +90,25 @@ def _mp_columns(fit: MarchenkoPasturFit, prefix: str) -> dict:
     return {names.get(c, prefix + c): getattr(fit, c) for c in MP_COLUMNS}
 
 
-@functools.partial(jax.jit, static_argnames=("view", "dtype", "replicas"))
-def _shuffle_leaf(key, path_word, value, ok, *, view: MatrixView, dtype, replicas: int):
-    """``replicas`` shuffles of each of a leaf's ``(L, K, N, M)`` matrices, as ``(replicas·L·K, N, M)``.
+@functools.partial(jax.jit, static_argnames=("size", "count"))
+def _leaf_permutations(key, path_word, *, size: int, count: int):
+    """A leaf's shuffle permutations; ``path_word`` (its :func:`path_hash`) is an argument, so that leaves of one
+    shape share the compilation."""
+    return permutations(leaf_seed(key, path_word), size, count)
 
-    ``path_word`` (the leaf's :func:`path_hash`) is an argument, so leaves of one shape share the compilation.
+
+@functools.partial(jax.jit, static_argnames=("view", "dtype"))
+def _shuffle_leaf(value, perms, ok, *, view: MatrixView, dtype):
+    """A leaf's ``(L, K, N, M)`` matrices shuffled by ``perms`` (``replicas·L·K`` of them), as
+    ``(replicas·L·K, N, M)``.
+
     The shuffles of rows whose weights are not finite (``ok`` false, one flag per ESD row) are zeros: those rows
     are already marked failed, and the core found them, so no second pass over the weights looks for them.
     """
     mats = as_matrices(value.astype(dtype), view)
     L, K, n, m = mats.shape
     ok = jnp.repeat(ok, L * K // ok.shape[0])  # one flag per matrix (a pooled row covers K of them)
-    out = shuffled(leaf_seed(key, path_word), mats.reshape(L * K, n, m), replicas)
+    out = permuted(mats.reshape(L * K, n, m), perms)
     return jnp.where(ok[None, :, None, None], out, 0.0).reshape(-1, n, m)
 
 
@@ -130,8 +137,9 @@ def _random_spectra(leaves, values, ok, key, method: str, dtype, scales, pool: b
     shuffles, buckets = [], defaultdict(list)
     for i, (leaf, value, row_ok) in enumerate(zip(leaves, values, ok)):
         replicas = num_replicas(leaf.shape.M) + int(fresh_r2)
-        shuffles.append(_shuffle_leaf(key, path_hash(leaf.info.path), value, row_ok, view=leaf.view, dtype=dtype,
-                                      replicas=replicas))
+        L, K, N, M = leaf.shape.num_layers, leaf.shape.num_slices, leaf.shape.N, leaf.shape.M
+        perms = _leaf_permutations(key, path_hash(leaf.info.path), size=N * M, count=replicas * L * K)
+        shuffles.append(_shuffle_leaf(value, perms, row_ok, view=leaf.view, dtype=dtype))
         buckets[shuffles[-1].shape[-2:]].append(i)
     spectra = [None] * len(leaves)
     for members in buckets.values():

@@ -44,7 +44,8 @@ MP_CASES = ("dense_wide", "heavy", "conv3x3_up", "conv2x2_down", "rank1", "train
 ])
 def test_mp_fit_matches_weightwatcher(pool, cases, golden_params, x64):
     theirs = pd.read_csv(GOLDEN / ("ww_mp_fit.csv" if pool else "ww_mp_fit_pool_false.csv"))
-    params = {k: v for k, v in golden_params.items() if (cases is None or k in cases) and (pool or k.startswith("conv"))}
+    params = {k: v for k, v in golden_params.items()
+              if (cases is None or k in cases) and (pool or k.startswith("conv"))}
     joined = _joined(theirs, wwjax.details(wwjax.analyze(params, svd_method="accurate", pool=pool, mp_fit=True)))
     assert len(joined) == len(theirs[theirs.path.isin(joined.path)])
     same = joined[joined.path != SWAPPED]

@@ -131,7 +131,6 @@ def _random_rows(evals, *, replicas: int, pool: bool, scale: float, L: int, K: i
     return jnp.sort(r1, axis=-1), jnp.sort(r2, axis=-1)
 
 
-
 def _random_spectra(leaves, values, ok, key, method: str, dtype, scales, pool: bool, fresh_r2: bool):
     """``(R1, R2)`` rows of every leaf: the shuffles of all leaves bucketed by shape, one eigen-solve per bucket."""
     shuffles, buckets = [], defaultdict(list)

@@ -62,7 +62,7 @@ def leaf_seed(key: jax.Array, path_word) -> Int[Array, " words"]:
     """The seed words of one leaf's shuffles: the key's data and the leaf's :func:`path_hash`.
 
     A layer's shuffles depend on the key and its path only, not on which other leaves are analysed. Built inside
-    the shuffle program (a concatenation), not by an eager ``jax.random.fold_in`` per leaf.
+    the permutation program (a concatenation), not by an eager ``jax.random.fold_in`` per leaf.
 
     Example:
       >>> import jax

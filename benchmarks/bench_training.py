@@ -144,10 +144,11 @@ def main() -> None:
     old, new, stateful = "penalty (stateless, 20 power iters)", "penalty (stateless, converged)", "penalty (stateful)"
     if all(name in times for name in (old, new, stateful)):
         added = {name: np.asarray(times[name]) - plain for name in (old, new, stateful)}
+        ms = {name: 1e3 * statistics.median(values) for name, values in added.items()}
         print(f"stateless converged / 20 power iters: {statistics.median(np.asarray(times[new]) / times[old]):.3f} "
-              f"(step), added ms {1e3 * statistics.median(added[new]):.2f} vs {1e3 * statistics.median(added[old]):.2f}; "
-              f"/ stateful: {statistics.median(np.asarray(times[new]) / times[stateful]):.3f} (step), added ms vs "
-              f"{1e3 * statistics.median(added[stateful]):.2f}", flush=True)
+              f"(step), added ms {ms[new]:.2f} vs {ms[old]:.2f}; / stateful: "
+              f"{statistics.median(np.asarray(times[new]) / times[stateful]):.3f} (step), added ms vs {ms[stateful]:.2f}",
+              flush=True)
     per_matrix(args.matrices)
 
 

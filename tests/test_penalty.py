@@ -286,7 +286,9 @@ def test_exact_value_and_gradient_of_conv_kernels(f32, conv):
             kernel = heavy_tailed(rng, (3, 3, 16, 32))
             exact_value, exact_grad = _fft_exact(kernel, 8)
         value, grads = step({"Conv_0": {"kernel": jnp.asarray(kernel)}})
-        value_error, grad_error = _relative_errors(value, grads["Conv_0"]["kernel"], exact_value, exact_grad.reshape(kernel.shape))
+        value_error, grad_error = _relative_errors(
+            value, grads["Conv_0"]["kernel"], exact_value, exact_grad.reshape(kernel.shape)
+        )
         assert value_error < 1e-4 and grad_error < 1e-3, (conv, seed, value_error, grad_error)
 
 
@@ -304,3 +306,38 @@ def test_fixed_power_iterations_are_what_the_tolerance_replaces(f32):
         wwjax.spectral_penalty(params, num_iters=-1)
     with pytest.raises(ValueError, match="max_iters"):
         wwjax.spectral_penalty(params, max_iters=0)
+
+
+_SHARDED = """
+import jax, jax.numpy as jnp, numpy as np, wwjax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+rng = np.random.default_rng(0)
+kernels = jnp.asarray(rng.standard_normal((2, 96, 48)).astype(np.float32))  # one matrix per device
+step = jax.value_and_grad(lambda w: wwjax.spectral_penalty({"Dense_0": {"kernel": w}}))
+single = [jax.jit(step)(k) for k in kernels]
+per_device = jax.pmap(step)(kernels)  # data-dependent trip counts, different on each device
+for d in range(2):
+    np.testing.assert_allclose(per_device[0][d], single[d][0], rtol=1e-5)
+    np.testing.assert_allclose(per_device[1][d], single[d][1], rtol=1e-4, atol=1e-5)
+mesh = Mesh(np.array(jax.devices()[:2]), ("x",))
+sharded = jax.device_put(kernels[0], NamedSharding(mesh, P("x", None)))  # rows split over the devices
+value, grad = jax.jit(step)(sharded)
+np.testing.assert_allclose(value, single[0][0], rtol=1e-5)
+np.testing.assert_allclose(grad, single[0][1], rtol=1e-4, atol=1e-5)
+print("ok")
+"""
+
+
+@pytest.mark.slow
+def test_pmap_and_sharded_weights_in_a_subprocess():
+    # The device count is fixed at start-up: two simulated CPU devices in a fresh process, under a watchdog timeout.
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).parent.parent
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",
+               PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
+    result = subprocess.run([sys.executable, "-c", _SHARDED], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]

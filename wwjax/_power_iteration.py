@@ -4,7 +4,12 @@ For each matrix ``W (n, m)`` and a left vector ``u (n)``, one iteration is ``v �
 (Miyato et al. 2018; Yoshida & Miyato 2017). The estimate is ``σ = uᵀWv`` with ``u`` and ``v`` held constant, so
 its gradient is exactly ``∂σ/∂W = u vᵀ``: the gradient of the true ``σ_max`` once the vectors have converged. The
 vectors are an ordinary array, so a caller can carry ``u`` from one training step to the next (one iteration per
-step, warm-started) or start from :func:`initial_vectors` and run a fixed number of iterations (stateless).
+step, warm-started) or start from :func:`initial_vectors` and run a fixed number of iterations.
+
+:func:`top_singular` is the converged counterpart (what the stateless penalty uses): restarted Lanczos
+bidiagonalisation run to a residual tolerance, with the same ``σ = uᵀWv`` and the same gradient. Power iteration
+converges like ``(σ2/σ1)^2k``, hopeless when the top two singular values are a few percent apart; a Krylov space
+converges like ``exp(-2k·sqrt(1 - σ2²/σ1²))``.
 
 Every function works on any leading batch shape, so all matrices of a leaf (stacked layers, kernel positions,
 FFT frequencies) are iterated at once.
@@ -130,8 +135,8 @@ def _bidiagonalize(frozen, v0, krylov_dim: int, floor):
     """``krylov_dim`` Golub-Kahan-Lanczos steps from ``v0`` with full reorthogonalisation.
 
     Returns the left and right bases ``U (..., k, n)``, ``V (..., k, m)``, the diagonal ``α`` and the
-    super-diagonal ``β`` of ``B = Uᴴ W V``, and ``β_k`` (the coupling to the next, unused, right vector, which is the
-    residual scale). A step whose new vector is below ``floor`` (the Krylov space is exhausted: a rank-deficient
+    super-diagonal ``β`` of ``B = Uᴴ W V``; the last ``β`` couples to the next, unused, right vector (the residual's
+    scale). A step whose new vector is below ``floor`` (the Krylov space is exhausted: a rank-deficient
     matrix) leaves zero vectors, so every later step adds nothing and the Ritz values stay exact.
     """
     batch, (n, m) = frozen.shape[:-2], frozen.shape[-2:]

@@ -101,7 +101,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=16)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--only", default="", help="run only the configurations whose name contains this (and plain)")
-    parser.add_argument("--matrices", type=int, default=20, help="timed calls per matrix in the per-matrix table")
+    parser.add_argument("--matrices", type=int, default=20,
+                        help="timed calls per matrix in the per-matrix table (0: no table)")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((args.batch, args.size, args.size, 3)).astype(np.float32))
@@ -149,7 +150,8 @@ def main() -> None:
               f"(step), added ms {ms[new]:.2f} vs {ms[old]:.2f}; / stateful: "
               f"{statistics.median(np.asarray(times[new]) / times[stateful]):.3f} (step), added ms vs {ms[stateful]:.2f}",
               flush=True)
-    per_matrix(args.matrices)
+    if args.matrices > 0:
+        per_matrix(args.matrices)
 
 
 def _with_gap(rng, n: int, m: int, gap: float) -> np.ndarray:

@@ -8,16 +8,24 @@ step time and the median over rounds of its ratio to the plain step of the same 
 * ``plain``: Adam;
 * ``penalty (stateful)``: ``wwjax.add_spectral_penalty`` in the chain, one warm-started power iteration per step
   (the paper's form; the issue's goal is < 10% overhead);
-* ``penalty (loss term, 20 iters)``: ``λ·wwjax.spectral_penalty(params)`` in the loss, stateless;
+* ``penalty (stateless, 20 power iters)``: ``λ·wwjax.spectral_penalty(params, num_iters=20)`` in the loss, the
+  former stateless default (a fixed count, not converged when the top two singular values are close);
+* ``penalty (stateless, converged)``: ``λ·wwjax.spectral_penalty(params)`` in the loss, the default: every top
+  singular pair converged to a tolerance by restarted Lanczos (exact to float rounding);
 * ``penalty (fft, stateful)``: the exact conv operator norm (``conv='fft'`` on the input grid), one iteration per
   step;
 * ``msn``: the same CNN built from ``wwjax.nn.linen`` MSN layers;
 * ``monitor every step``: ``wwjax.monitor_spectra(every=1)``, the worst case of the in-step metrics (with
   ``every=k`` the cost is paid once per k steps).
 
+It then prints the stateless penalty's cost per step against the former fixed-count form and the stateful form
+(medians over rounds of the per-round ratios), and, per weight matrix of a few sizes, the time of one jitted
+value-and-gradient of ``½σ_max²`` by the converged Lanczos solve, by 20 power iterations and by an exact ``eigh``
+of the Gram matrix (the "exact small solve" alternative), with each one's gradient error against a float64 SVD.
+
 Run from the repository root::
 
-    python benchmarks/bench_training.py [--batch 64] [--size 16] [--steps 30]
+    python benchmarks/bench_training.py [--batch 64] [--size 16] [--steps 30] [--only penalty]
 """
 
 from __future__ import annotations
@@ -92,6 +100,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--size", type=int, default=16)
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--only", default="", help="run only the configurations whose name contains this (and plain)")
+    parser.add_argument("--matrices", type=int, default=20,
+                        help="timed calls per matrix in the per-matrix table (0: no table)")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((args.batch, args.size, args.size, 3)).astype(np.float32))
@@ -104,7 +115,9 @@ def main() -> None:
             optax.chain(optax.scale_by_adam(), wwjax.add_spectral_penalty(0.01), optax.scale_by_learning_rate(1e-3)),
             None,
         ),
-        "penalty (loss term, 20 iters)": (SmallCNN(), adam, lambda p: 0.01 * wwjax.spectral_penalty(p)),
+        "penalty (stateless, 20 power iters)": (SmallCNN(), adam,
+                                                lambda p: 0.01 * wwjax.spectral_penalty(p, num_iters=20)),
+        "penalty (stateless, converged)": (SmallCNN(), adam, lambda p: 0.01 * wwjax.spectral_penalty(p)),
         "penalty (fft, stateful)": (
             SmallCNN(),
             optax.chain(optax.scale_by_adam(), wwjax.add_spectral_penalty(0.01, conv="fft", input_size=args.size),
@@ -114,6 +127,7 @@ def main() -> None:
         "msn": (SmallCNN(msn=True), adam, None),
         "monitor every step": (SmallCNN(), optax.chain(adam, wwjax.monitor_spectra(every=1)), None),
     }
+    configs = {name: config for name, config in configs.items() if name == "plain" or args.only in name}
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}, batch {args.batch} of {args.size}x{args.size}x3, "
           f"{args.steps} rounds", flush=True)
     runners = {name: Runner(model, tx, x, y, extra) for name, (model, tx, extra) in configs.items()}
@@ -124,10 +138,69 @@ def main() -> None:
         for name, runner in runners.items():
             times[name].append(runner.time_one_step())
     plain = np.asarray(times["plain"])
-    print(f"{'configuration':<32} {'median step ms':>15} {'median ratio':>13}")
+    print(f"{'configuration':<38} {'median step ms':>15} {'median ratio':>13}")
     for name, values in times.items():
         ratio = statistics.median(np.asarray(values) / plain)
-        print(f"{name:<32} {1e3 * statistics.median(values):>15.2f} {ratio:>13.3f}", flush=True)
+        print(f"{name:<38} {1e3 * statistics.median(values):>15.2f} {ratio:>13.3f}", flush=True)
+    old, new, stateful = "penalty (stateless, 20 power iters)", "penalty (stateless, converged)", "penalty (stateful)"
+    if all(name in times for name in (old, new, stateful)):
+        added = {name: np.asarray(times[name]) - plain for name in (old, new, stateful)}
+        ms = {name: 1e3 * statistics.median(values) for name, values in added.items()}
+        print(f"stateless converged / 20 power iters: {statistics.median(np.asarray(times[new]) / times[old]):.3f} "
+              f"(step), added ms {ms[new]:.2f} vs {ms[old]:.2f}; / stateful: "
+              f"{statistics.median(np.asarray(times[new]) / times[stateful]):.3f} (step), added ms vs {ms[stateful]:.2f}",
+              flush=True)
+    if args.matrices > 0:
+        per_matrix(args.matrices)
+
+
+def _with_gap(rng, n: int, m: int, gap: float) -> np.ndarray:
+    """``U diag(s) Vᵀ`` with σ2/σ1 = 1 − gap over a uniform bulk below σ2."""
+    k = min(n, m)
+    u, _ = np.linalg.qr(rng.standard_normal((n, k)))
+    v, _ = np.linalg.qr(rng.standard_normal((m, k)))
+    s = np.concatenate([[1.0, 1.0 - gap], np.sort(rng.uniform(0, 1.0 - gap, k - 2))[::-1]])
+    return ((u * s) @ v.T).astype(np.float32)
+
+
+def _gram_top(w):
+    """The exact small solve: the top eigenpair of the short-side Gram by ``eigh`` (the penalty is then uᵀWv)."""
+    frozen = jax.lax.stop_gradient(w)
+    wide = w.shape[0] < w.shape[1]
+    gram = frozen @ frozen.T if wide else frozen.T @ frozen
+    vector = jnp.linalg.eigh(gram)[1][:, -1]
+    other = (vector @ frozen) if wide else (frozen @ vector)
+    other = other / jnp.linalg.norm(other)
+    u, v = (vector, other) if wide else (other, vector)
+    return u @ w @ v
+
+
+def per_matrix(calls: int) -> None:
+    """Per weight matrix: one jitted value-and-gradient of ``½σ_max²`` by each method, and its gradient error."""
+    solvers = {
+        "converged (default)": lambda w: wwjax.top_singular(w).sigma,
+        "20 power iters": lambda w: wwjax.power_iteration(w, num_iters=20).sigma,
+        "Gram eigh": _gram_top,
+    }
+    print(f"\nper matrix (σ2/σ1 = 0.95): median ms of jit(value_and_grad(½σ²)) over {calls} calls, gradient error")
+    print(f"{'shape':<12}" + "".join(f"{name:>30}" for name in solvers))
+    for shape in [(27, 32), (288, 64), (576, 64), (1024, 128), (2304, 256), (4096, 1024)]:
+        w = _with_gap(np.random.default_rng(0), *shape, 0.05)
+        u, s, vt = np.linalg.svd(w.astype(np.float64))
+        w = jnp.asarray(w)
+        exact = s[0] * np.outer(u[:, 0], vt[0])
+        cells = []
+        for solver in solvers.values():
+            step = jax.jit(jax.value_and_grad(lambda w, solver=solver: 0.5 * solver(w) ** 2))
+            _, grad = jax.block_until_ready(step(w))
+            elapsed = []
+            for _ in range(calls):
+                start = time.perf_counter()
+                jax.block_until_ready(step(w))
+                elapsed.append(time.perf_counter() - start)
+            error = np.linalg.norm(np.asarray(grad, np.float64) - exact) / np.linalg.norm(exact)
+            cells.append(f"{1e3 * statistics.median(elapsed):>9.3f} ms, err {error:8.1e}")
+        print(f"{str(shape):<12}" + "".join(f"{cell:>30}" for cell in cells), flush=True)
 
 
 if __name__ == "__main__":

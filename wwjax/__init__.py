@@ -33,6 +33,7 @@ from wwjax._penalty import add_spectral_penalty as add_spectral_penalty
 from wwjax._penalty import spectral_penalty as spectral_penalty
 from wwjax._power_iteration import PowerIteration as PowerIteration
 from wwjax._power_iteration import power_iteration as power_iteration
+from wwjax._power_iteration import top_singular as top_singular
 # --- optional diagnostics (mp_fit, randomize) ---
 from wwjax._mpfit import MarchenkoPasturFit as MarchenkoPasturFit
 from wwjax._mpfit import fit_marchenko_pastur as fit_marchenko_pastur
@@ -72,6 +73,7 @@ __all__ = (
     "conv_operator_norm",
     "monitor_spectra",
     "power_iteration",
+    "top_singular",
     "spectral_metrics",
     "spectral_penalty",
     "smoothing_ranks",

@@ -237,7 +237,8 @@ def print_report(results: dict) -> None:
         print(f"{name:<24} {cell(ww):>13} {cell(cold):>13} {cell(warm):>13} "
               f"{ratio(ww and ww['wall'], cold['wall']):>11} {ratio(ww and ww['wall'], warm['wall']):>11}")
         if ww:
-            print(f"{'':<24} CPU-time ratios: cold {ratio(ww['cpu'], cold['cpu'])}, warm {ratio(ww['cpu'], warm['cpu'])}")
+            print(f"{'':<24} CPU-time ratios: cold {ratio(ww['cpu'], cold['cpu'])}, "
+                  f"warm {ratio(ww['cpu'], warm['cpu'])}")
 
 
 def main(argv=None) -> None:

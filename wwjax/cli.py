@@ -73,7 +73,7 @@ def _add_output_options(parser: argparse.ArgumentParser, what: str) -> None:
     group.add_argument("--json", metavar="FILE", help=f"write {what} as JSON records")
 
 
-def _add_checkpoint_options(parser: argparse.ArgumentParser) -> None:
+def _add_checkpoint_options(parser: argparse.ArgumentParser):
     group = parser.add_argument_group("Orbax checkpoints")
     group.add_argument("--item", help="the Orbax item to read when a step has several (e.g. state)")
     group.add_argument("--subtree", help="analyse only this /-path of the checkpoint (default: params)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
 
 import jax
@@ -9,6 +10,10 @@ import numpy as np
 import pytest
 
 GOLDEN = pathlib.Path(__file__).parent / "golden"
+
+# The command line and scan_checkpoints keep compiled programs on disk; the tests count compilations, so they run
+# without that cache (tests/test_coldstart.py turns it on in subprocesses of its own).
+os.environ.setdefault("WWJAX_NO_CACHE", "1")
 
 
 def _with_x64(enabled: bool):

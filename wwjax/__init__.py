@@ -1,16 +1,13 @@
 """wwjax: WeightWatcher's spectral diagnostics of trained weights, native to JAX and Flax."""
 
+from typing import TYPE_CHECKING
+
 from wwjax._analyze import analyze as analyze
 from wwjax._compilation import CompilationCount as CompilationCount
 from wwjax._compilation import count_compilations as count_compilations
 from wwjax._compilation import enable_compilation_cache as enable_compilation_cache
-from wwjax._checkpoints import CheckpointScan as CheckpointScan
-from wwjax._checkpoints import analyze_checkpoint as analyze_checkpoint
-from wwjax._checkpoints import scan_checkpoints as scan_checkpoints
 from wwjax._details import details as details
 from wwjax._details import summary as summary
-from wwjax._distances import distances as distances
-from wwjax._formats import load_params as load_params
 from wwjax._layout import MatrixView as MatrixView
 from wwjax._layout import path_matches as path_matches
 from wwjax._powerlaw import fit_power_law as fit_power_law
@@ -39,6 +36,37 @@ from wwjax._mpfit import MarchenkoPasturFit as MarchenkoPasturFit
 from wwjax._mpfit import fit_marchenko_pastur as fit_marchenko_pastur
 from wwjax._randomize import jensen_shannon_distance as jensen_shannon_distance
 # --- end optional diagnostics ---
+
+# Checkpoints, file formats and distances need pandas (and orbax): loaded when first used, so that `import wwjax`
+# stays quick for an analysis in a notebook or a one-shot command.
+_LAZY = {
+    "CheckpointScan": "wwjax._checkpoints",
+    "analyze_checkpoint": "wwjax._checkpoints",
+    "scan_checkpoints": "wwjax._checkpoints",
+    "distances": "wwjax._distances",
+    "load_params": "wwjax._formats",
+}
+if TYPE_CHECKING:
+    from wwjax._checkpoints import CheckpointScan as CheckpointScan
+    from wwjax._checkpoints import analyze_checkpoint as analyze_checkpoint
+    from wwjax._checkpoints import scan_checkpoints as scan_checkpoints
+    from wwjax._distances import distances as distances
+    from wwjax._formats import load_params as load_params
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'wwjax' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __version__ = "0.1.0"
 

@@ -33,6 +33,7 @@ from wwjax._details import details, summary
 from wwjax._distances import distances
 from wwjax._layout import LeafInfo
 from wwjax._options import make_options
+from wwjax._compilation import use_default_cache
 from wwjax._progress import ProgressBar
 from wwjax._tree import flatten_params
 
@@ -421,7 +422,7 @@ def analyze_checkpoint(path, step: int | None = None, item: str | None = None, *
 def scan_checkpoints(directory, steps: Sequence[int] | None = None, *, item: str | None = None,
                      init_step: int | None = None, init_params: Any = None, distance_method: str = "euclidean",
                      subtree: str | None = None, bucket_bytes: int = DEFAULT_BUCKET_BYTES, progress: bool = True,
-                     **analyze_options) -> CheckpointScan:
+                     cache: bool = True, **analyze_options) -> CheckpointScan:
     """Analyses every step of a ``CheckpointManager`` run: how each layer's metrics evolve.
 
     Only finalised steps are analysed. A save that never finished, or a step that cannot be read, becomes a row
@@ -436,6 +437,9 @@ def scan_checkpoints(directory, steps: Sequence[int] | None = None, *, item: str
       distance_method: the :func:`wwjax.distances` method of ``distance_from_init`` (``euclidean``).
       subtree, bucket_bytes: as in :func:`analyze_checkpoint`.
       progress: draw a progress bar on stderr when the scan takes more than half a second; False for silence.
+      cache: keep compiled programs in the persistent cache (``$XDG_CACHE_HOME/wwjax``, see
+        :func:`wwjax.enable_compilation_cache`) so that the next scan of this model compiles nothing; ``False``, or
+        the environment variable ``WWJAX_NO_CACHE=1``, leaves JAX's configuration alone.
       **analyze_options: options of :func:`wwjax.analyze`.
 
     Returns:
@@ -477,6 +481,8 @@ def scan_checkpoints(directory, steps: Sequence[int] | None = None, *, item: str
                              f"(steps: {[s.step for s in all_steps if s.finalized]})")
         init = ("dir", _resolve_item(start.path, item))
 
+    if cache:
+        use_default_cache()
     tables, rows = [], []
     bar = ProgressBar(len(chosen), enabled=progress, delay=PROGRESS_DELAY, label="wwjax scan")
     for done, entry in enumerate(chosen):

@@ -9,6 +9,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import pathlib
+import sys
+import tempfile
 from collections.abc import Iterator
 
 import jax
@@ -16,6 +19,7 @@ from jax import monitoring
 
 _BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"  # fires for compiled and cache-loaded programs
 _CACHE_HIT = "/jax/compilation_cache/cache_hits"
+NO_CACHE_ENV = "WWJAX_NO_CACHE"  # set (to anything but "" or "0") to keep the command line off the disk cache
 
 
 @dataclasses.dataclass
@@ -74,3 +78,46 @@ def enable_compilation_cache(directory: str | os.PathLike, min_compile_seconds: 
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser(os.fspath(directory)))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_seconds)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def default_cache_dir() -> pathlib.Path:
+    """Where the ``wwjax`` command and :func:`wwjax.scan_checkpoints` keep compiled programs:
+    ``$XDG_CACHE_HOME/wwjax`` (``~/.cache/wwjax`` when the variable is unset).
+
+    Example:
+      >>> import os
+      >>> os.environ["XDG_CACHE_HOME"] = "/tmp/xdg"
+      >>> str(default_cache_dir())
+      '/tmp/xdg/wwjax'
+      >>> del os.environ["XDG_CACHE_HOME"]
+    """
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return pathlib.Path(base) / "wwjax"
+
+
+def cache_disabled_by_env() -> bool:
+    """Whether ``$WWJAX_NO_CACHE`` asks for no persistent cache."""
+    return os.environ.get(NO_CACHE_ENV, "") not in ("", "0")
+
+
+def use_default_cache(directory: str | os.PathLike | None = None) -> pathlib.Path | None:
+    """Turns on the persistent cache in ``directory`` (default :func:`default_cache_dir`) for a process wwjax owns,
+    unless ``$WWJAX_NO_CACHE`` is set or the user already chose a cache directory for JAX.
+
+    Returns the directory in use, or None. Never raises: a directory that cannot be created or written leaves the
+    cache off with one line on stderr (JAX itself recompiles past an unreadable or corrupt entry).
+    """
+    if cache_disabled_by_env():
+        return None
+    if jax.config.jax_compilation_cache_dir:  # the user's own choice wins
+        return pathlib.Path(jax.config.jax_compilation_cache_dir)
+    path = pathlib.Path(directory) if directory is not None else default_cache_dir()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".probe-"):
+            pass
+    except OSError as error:
+        print(f"wwjax: not caching compiled programs ({path}: {error.strerror or error})", file=sys.stderr)
+        return None
+    enable_compilation_cache(path)
+    return path

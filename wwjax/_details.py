@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import re
+import warnings
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pandas as pd
 
 from wwjax import _results
+
+if TYPE_CHECKING:  # pandas is imported by details() itself: `import wwjax` and summary() do without it
+    import pandas as pd
 
 OVER_TRAINED_THRESH = 2.0
 UNDER_TRAINED_THRESH = 6.0
@@ -120,6 +124,8 @@ def details(result) -> pd.DataFrame:
       >>> df[["path", "status", "N", "M"]].to_string(index=False)
       '    path  status    N    M\\n       b skipped <NA> <NA>\\nw/kernel success   64   32'
     """
+    import pandas as pd
+
     records = []
     for node in _results.iter_nodes(result):
         if isinstance(node, _results.LayerMetrics):
@@ -162,10 +168,16 @@ def summary(result) -> dict:
       ['alpha', 'alpha_weighted', 'log_alpha_norm', 'log_norm', 'log_spectral_norm', 'stable_rank']
     """
     nodes = [n for n in _results.iter_nodes(result) if isinstance(n, _results.LayerMetrics)]
+    traced = any(isinstance(getattr(n, name), jax.core.Tracer) for n in nodes for name in SUMMARY_METRICS)
+    # Eagerly the means are taken on the host: three tiny XLA programs (ravel, concatenate, nanmean) would cost
+    # more to compile than the whole table takes to average.
+    xp = jnp if traced else np
     means = {}
-    for name in SUMMARY_METRICS:
-        values = [jnp.ravel(getattr(n, name)) for n in nodes]
-        means[name] = jnp.nanmean(jnp.concatenate(values)) if values else jnp.array(jnp.nan)
-    if any(isinstance(v, jax.core.Tracer) for v in means.values()):
+    with warnings.catch_warnings():  # numpy warns where every row failed (an all-NaN mean); jnp does not
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for name in SUMMARY_METRICS:
+            values = [xp.ravel(xp.asarray(getattr(n, name))) for n in nodes]
+            means[name] = xp.nanmean(xp.concatenate(values)) if values else xp.asarray(xp.nan)
+    if traced:
         return means
     return {k: float(v) for k, v in means.items()}

@@ -22,11 +22,11 @@ from __future__ import annotations
 import functools
 import math
 from collections import defaultdict
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pandas as pd
 from jaxtyping import Array, Float
 
 from wwjax import _results
@@ -36,6 +36,9 @@ from wwjax._layout import MatrixView, matrix_shape
 from wwjax._options import make_options
 from wwjax._spectra import compute_dtype
 from wwjax._tree import flatten_params
+
+if TYPE_CHECKING:  # imported where the table is made: `import wwjax` does without pandas
+    import pandas as pd
 
 METHODS = ("raw", "euclidean", "cosine", "cka", "ww_cka")
 _SIMILARITIES = ("cosine", "cka", "ww_cka")
@@ -253,6 +256,8 @@ def _bias_delta(path: str, leaves_a: dict, leaves_b: dict, dtype) -> float:
 
 
 def _table(records: list[dict], method: str) -> pd.DataFrame:
+    import pandas as pd
+
     records.sort(key=lambda r: (_natural_key(r["path"]), r.get("layer_index") or 0, r.get("slice_id") or 0))
     columns = ["path", "layer_type", "method", "delta_W"]
     if method not in _SIMILARITIES:

@@ -18,9 +18,11 @@ process of a multi-host run can build the table.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 import math
+import os
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -41,6 +43,8 @@ from wwjax._spectra import SliceSpectra, eigenvalues, rank_tolerance, slice_spec
 
 # Elements of the (rows × candidates × eigenvalues) KS reduction materialised at once (per device).
 _KS_BLOCK_ELEMENTS = 1 << 23
+# Extra (rows × n × n) fit work worth spending to save a fit program's compilation (see fit_groups).
+_MERGE_ELEMENTS = 1 << 22
 
 
 @dataclasses.dataclass(frozen=True)
@@ -376,6 +380,38 @@ def _split_group(metrics: dict, leaves: Sequence[LeafPlan], num_clipped: int) ->
     return out
 
 
+def fit_groups(leaves: Sequence[LeafPlan], merge_elements: int = _MERGE_ELEMENTS) -> list[list[int]]:
+    """The leaves fitted together: rows whose ESDs pad to the same power-of-two length, and then every shorter group
+    whose rows, padded to the longest length, add at most ``merge_elements`` to the fit's ``rows × n × n`` work.
+
+    Each fit group is one compiled program (about a second of compilation on CPU); fitting a few short rows at a
+    longer length costs milliseconds. The fit masks the padding, so a row's metrics do not depend on its group.
+
+    Example:
+      >>> from wwjax._layout import MatrixShape, MatrixView
+      >>> def leaf(m, slices=1):
+      ...     return LeafPlan(MatrixView((0,), (1,)), MatrixShape(1, slices, 4 * m, m))
+      >>> fit_groups([leaf(32), leaf(10), leaf(128)])  # a 4-layer CNN's three ESD lengths: one program
+      [[2, 0, 1]]
+      >>> fit_groups([leaf(16), leaf(4096)], merge_elements=1 << 20)  # a long ESD: each keeps its own
+      [[1], [0]]
+    """
+    by_length: dict[int, list[int]] = defaultdict(list)
+    for i, leaf in enumerate(leaves):
+        by_length[padded_size(leaf.row_length)].append(i)
+    lengths = sorted(by_length, reverse=True)
+    groups = [list(by_length[n]) for n in lengths]
+    if lengths:
+        longest, budget = lengths[0], merge_elements
+        for n, members in zip(lengths[1:], groups[1:]):
+            extra = sum(leaves[i].num_rows for i in members) * (longest * longest - n * n)
+            if extra <= budget:
+                budget -= extra
+                groups[0] += members
+                members.clear()
+    return [g for g in groups if g]
+
+
 def compute(
     values: Sequence, leaves: Sequence[LeafPlan], *, method: str, dtype, num_clipped: int, tolerance: float,
     max_bucket_bytes: int | None = None, mesh: Mesh | None = None, tail: TailOptions = TailOptions(),
@@ -389,35 +425,69 @@ def compute(
     if mesh is not None:
         # Auto axes: the partitioner places the reshuffles between a weight's own sharding and the batch layout.
         mesh = Mesh(mesh.devices, mesh.axis_names, axis_types=(AxisType.Auto,) * len(mesh.axis_names))
-    sources: list[tuple] = []  # every solved batch of spectra: (evals, rank, finite)
+    buckets = plan_buckets(leaves, method, itemsize, max_bucket_bytes)
+    solve_calls = [((tuple(values[p.leaf] for p in bucket.pieces),),
+                    dict(views=tuple(leaves[p.leaf].view for p in bucket.pieces), bucket=bucket, method=method,
+                         dtype=dtype, mesh=mesh)) for bucket in buckets]
     pieces: list[list] = [[] for _ in leaves]  # per leaf: (first matrix, source, offset in source, count)
-    for bucket in plan_buckets(leaves, method, itemsize, max_bucket_bytes):
-        sources.append(solve_bucket(
-            tuple(values[p.leaf] for p in bucket.pieces),
-            views=tuple(leaves[p.leaf].view for p in bucket.pieces),
-            bucket=bucket, method=method, dtype=dtype, mesh=mesh,
-        ))
+    for b, bucket in enumerate(buckets):
         offset = 0
         for p in bucket.pieces:
-            pieces[p.leaf].append((p.start, len(sources) - 1, offset, p.stop - p.start))
+            pieces[p.leaf].append((p.start, b, offset, p.stop - p.start))
             offset += p.stop - p.start
+    fit_options = dict(num_clipped=num_clipped, tolerance=tolerance, dtype=dtype, mesh=mesh, ks_elements=ks_elements,
+                       tail=tail, inverse=inverse)
+    groups = fit_groups(leaves)
+    if _compile_ahead_worthwhile(values, leaves, mesh):
+        # What the programs depend on: a second analysis of the same shapes goes straight to the calls.
+        signature = (tuple((tuple(v.shape), str(v.dtype)) for v in values), tuple(leaves), tuple(map(tuple, groups)),
+                     method, str(jnp.dtype(dtype)), num_clipped, tolerance, ks_elements, tail, inverse)
+        if signature not in _COMPILED_AHEAD:
+            _compile_ahead(solve_calls, leaves, pieces, groups, fit_options)
+            _COMPILED_AHEAD[signature] = None
+            while len(_COMPILED_AHEAD) > 64:
+                _COMPILED_AHEAD.pop(next(iter(_COMPILED_AHEAD)))
+
+    sources: list[tuple] = [solve_bucket(*args, **kwargs) for args, kwargs in solve_calls]  # (evals, rank, finite)
     for i, leaf in enumerate(leaves):
         if leaf.fft_size:  # conv2d_fft: the complex per-frequency matrices of one conv, solved together
             evals, rank, finite = operator_spectra(values[i], leaf.view, leaf.fft_size, method, dtype)
             sources.append((evals, rank, finite.reshape(-1)))
             pieces[i].append((0, len(sources) - 1, 0, leaf.num_matrices))
 
-    groups: dict[int, list[int]] = defaultdict(list)
-    for i, leaf in enumerate(leaves):
-        groups[padded_size(leaf.row_length)].append(i)
     out: list = [None] * len(leaves)
-    for members in groups.values():
+    for members in groups:
         used, index = _group_plan(members, leaves, pieces, sources, mesh)
-        metrics = fit_group(tuple(sources[s] for s in used), index, num_clipped=num_clipped, tolerance=tolerance,
-                            dtype=dtype, mesh=mesh, ks_elements=ks_elements, tail=tail, inverse=inverse)
+        metrics = fit_group(tuple(sources[s] for s in used), index, **fit_options)
         for i, m in zip(members, _split_group(metrics, [leaves[i] for i in members], num_clipped)):
             out[i] = m
     return out
+
+
+_COMPILED_AHEAD: dict[tuple, None] = {}  # analyses whose programs this process compiled ahead (oldest first)
+
+
+def _compile_ahead_worthwhile(values, leaves, mesh) -> bool:
+    """Whether to compile every program of an eager analysis at once, before running any: with more than one
+    program, on a machine with more than one core, outside a trace and a mesh (whose programs depend on shardings)."""
+    if mesh is not None or (os.cpu_count() or 1) < 2 or any(leaf.fft_size for leaf in leaves):
+        return False
+    return not any(isinstance(v, jax.core.Tracer) for v in values)
+
+
+def _compile_ahead(solve_calls, leaves, pieces, groups, fit_options) -> None:
+    """Compiles the analysis' programs side by side, one thread each (XLA compiles without holding the GIL), into
+    the caches the calls that follow read: the same programs, so the same numbers, in a fraction of the wall time
+    on a multi-core CPU. Programs already compiled (warm, or from the persistent cache) cost a lookup."""
+    lowered = [solve_bucket.lower(*args, **kwargs) for args, kwargs in solve_calls]
+    shapes = [tuple(out.out_info) for out in lowered]  # each bucket's (evals, rank, finite) without solving it
+    for members in groups:
+        used, index = _group_plan(members, leaves, pieces, shapes, fit_options["mesh"])
+        lowered.append(fit_group.lower(tuple(shapes[s] for s in used), index, **fit_options))
+    if len(lowered) < 2:
+        return
+    with concurrent.futures.ThreadPoolExecutor(min(len(lowered), os.cpu_count() or 1)) as pool:
+        list(pool.map(lambda program: program.compile(), lowered))
 
 
 def _group_plan(members, leaves, pieces, sources, mesh) -> tuple[list[int], RowIndex]:
@@ -433,5 +503,5 @@ def _group_plan(members, leaves, pieces, sources, mesh) -> tuple[list[int], RowI
     return used, row_index(group_leaves, [tuple(sources[s][0].shape) for s in used], locations, n_pad, total)
 
 
-__all__ = ["Bucket", "LeafPlan", "Piece", "RowIndex", "compute", "fit_group", "plan_buckets", "row_index",
+__all__ = ["Bucket", "LeafPlan", "Piece", "RowIndex", "compute", "fit_group", "fit_groups", "plan_buckets", "row_index",
            "solve_bucket"]

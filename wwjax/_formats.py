@@ -51,7 +51,9 @@ def _load_safetensors(path: pathlib.Path, layout: str) -> dict:
     for file in files:  # sharded Hugging Face checkpoints: model-00001-of-0000N.safetensors …
         try:
             shard = load_safetensors(file, layout=layout)
-        except (ValueError, OSError, UnicodeDecodeError) as error:
+        except ValueError as error:  # already names the file
+            raise ValueError(str(error) if str(file) in str(error) else f"{file}: {error}") from None
+        except (OSError, UnicodeDecodeError) as error:
             raise ValueError(f"{file}: not a readable safetensors file ({error})") from None
         _merge(tree, shard)
     return tree

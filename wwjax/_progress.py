@@ -1,4 +1,5 @@
-"""A one-line progress bar on stderr for scans, drawn only once a scan has lasted longer than a moment."""
+"""Progress on stderr for scans and long analyses, drawn with ``rich`` (which comes with Flax) once a task has lasted
+longer than a moment, so that quick runs print nothing."""
 
 from __future__ import annotations
 
@@ -7,38 +8,43 @@ import time
 
 
 class ProgressBar:
-    """``[#####     ] 5/10 step 500  3s`` redrawn in place; nothing at all when disabled or when the scan is quick.
+    """A ``rich`` progress bar with a label, a count and a note, shown only after ``delay`` seconds.
 
     Example:
       >>> import io
       >>> stream = io.StringIO()
       >>> bar = ProgressBar(2, enabled=True, stream=stream, delay=0.0)
       >>> bar.update(1, "step 10"); bar.close()
-      >>> stream.getvalue().strip()
-      'wwjax [##########          ] 1/2 step 10  0s'
+      >>> "wwjax" in stream.getvalue() and "1/2" in stream.getvalue()
+      True
     """
 
-    def __init__(self, total: int, enabled: bool = True, stream=None, delay: float = 0.5, width: int = 20,
-                 label: str = "wwjax"):
-        self.total, self.enabled, self.delay, self.width, self.label = total, enabled, delay, width, label
+    def __init__(self, total: int, enabled: bool = True, stream=None, delay: float = 0.5, label: str = "wwjax"):
+        self.total, self.enabled, self.delay, self.label = total, enabled, delay, label
         self.stream = stream if stream is not None else sys.stderr
         self.start = time.perf_counter()
-        self.drawn = False
-        self.last_length = 0
+        self._progress = None
+        self._task = None
+
+    def _begin(self) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        console = Console(file=self.stream, stderr=self.stream is sys.stderr)
+        self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                  TextColumn("{task.fields[note]}"), TimeElapsedColumn(), console=console,
+                                  transient=False)
+        self._task = self._progress.add_task(self.label, total=self.total, note="")
+        self._progress.start()
 
     def update(self, done: int, note: str = "") -> None:
-        elapsed = time.perf_counter() - self.start
-        if not self.enabled or elapsed < self.delay:
+        if not self.enabled or time.perf_counter() - self.start < self.delay:
             return
-        filled = int(self.width * done / max(self.total, 1))
-        bar = "#" * filled + " " * (self.width - filled)
-        line = f"{self.label} [{bar}] {done}/{self.total} {note}  {elapsed:.0f}s"
-        self.stream.write("\r" + line.ljust(self.last_length))  # pad over a longer previous line
-        self.stream.flush()
-        self.last_length = len(line)
-        self.drawn = True
+        if self._progress is None:
+            self._begin()
+        self._progress.update(self._task, completed=done, note=note)
 
     def close(self) -> None:
-        if self.drawn:
-            self.stream.write("\n")
-            self.stream.flush()
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None

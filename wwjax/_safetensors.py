@@ -1,53 +1,49 @@
-"""Reading a safetensors file with numpy alone, and turning PyTorch layouts into Flax ones.
+"""Reading a safetensors file with the ``safetensors`` package, and turning PyTorch layouts into Flax ones.
 
-The format is an 8-byte little-endian header length, a JSON header ``{name: {dtype, shape, data_offsets}}`` and
-the raw tensor bytes; no torch or safetensors package is needed.
+``safe_open`` validates the header (its length, every tensor's offsets against its dtype and shape, the file's size)
+before anything is read, and reads one tensor at a time.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import struct
 
 import numpy as np
 
-_DTYPES = {
-    "F64": np.float64,
-    "F32": np.float32,
-    "F16": np.float16,
-    "I64": np.int64,
-    "I32": np.int32,
-    "I16": np.int16,
-    "I8": np.int8,
-    "U8": np.uint8,
-    "BOOL": np.bool_,
-}
-
-
-def _bfloat16_to_float32(raw: np.ndarray) -> np.ndarray:
-    return (raw.astype(np.uint32) << 16).view(np.float32)
-
 
 def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """All tensors of a ``.safetensors`` file as numpy arrays (bf16 becomes float32), memory-mapped."""
-    with open(path, "rb") as f:
-        (header_len,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(header_len))
-    data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + header_len)
+    """All tensors of a ``.safetensors`` file as numpy arrays (bf16 becomes float32), read one at a time.
+
+    A file that is not valid safetensors raises one ``ValueError`` naming the file and what is wrong with it.
+
+    Example:
+      >>> import os, tempfile
+      >>> import numpy as np
+      >>> from safetensors.numpy import save_file
+      >>> path = os.path.join(tempfile.mkdtemp(), "model.safetensors")
+      >>> save_file({"fc.weight": np.ones((2, 3), np.float32)}, path)
+      >>> {name: a.shape for name, a in read_safetensors(path).items()}
+      {'fc.weight': (2, 3)}
+      >>> _ = open(path, "wb").write(b"not a safetensors file")
+      >>> read_safetensors(path)
+      Traceback (most recent call last):
+      ...
+      ValueError: ...model.safetensors: not a valid safetensors file (Error while deserializing header: ...)
+    """
+    from safetensors import SafetensorError, safe_open
+
     tensors = {}
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        start, end = entry["data_offsets"]
-        raw = data[start:end]
-        if entry["dtype"] == "BF16":
-            array = _bfloat16_to_float32(raw.view(np.uint16))
-        elif entry["dtype"] in _DTYPES:
-            array = raw.view(_DTYPES[entry["dtype"]])
-        else:
-            raise ValueError(f"{path}: tensor {name!r} has unsupported dtype {entry['dtype']}")
-        tensors[name] = array.reshape(entry["shape"])
+    try:
+        with safe_open(os.fspath(path), framework="numpy") as f:
+            for name in f.keys():
+                array = f.get_tensor(name)
+                if array.dtype.name == "bfloat16":  # exact: bf16 is float32's upper half
+                    array = array.astype(np.float32)
+                tensors[name] = array
+    except SafetensorError as error:
+        raise ValueError(f"{path}: not a valid safetensors file ({error})") from None
+    except TypeError as error:  # a dtype numpy has no type for (e.g. F8_E4M3 without ml_dtypes' support)
+        raise ValueError(f"{path}: unsupported tensor dtype ({error})") from None
     return tensors
 
 

@@ -7,6 +7,7 @@ from wwjax._compilation import enable_compilation_cache as enable_compilation_ca
 from wwjax._checkpoints import CheckpointScan as CheckpointScan
 from wwjax._checkpoints import analyze_checkpoint as analyze_checkpoint
 from wwjax._checkpoints import scan_checkpoints as scan_checkpoints
+from wwjax._describe import describe as describe
 from wwjax._details import details as details
 from wwjax._details import summary as summary
 from wwjax._distances import distances as distances
@@ -50,6 +51,7 @@ __all__ = (
     "SkippedLeaf",
     "analyze",
     "count_compilations",
+    "describe",
     "details",
     "enable_compilation_cache",
     "analyze_checkpoint",

@@ -237,9 +237,14 @@ def name_hint(segment: str) -> str | None:
     return None
 
 
+def _segments(info: LeafInfo) -> tuple[str, ...]:
+    """The key path's names, dotted keys split (a raw PyTorch state dict: ``encoder.layer.0.query.weight``)."""
+    return tuple(part for key in info.keys for part in key.split(".")) or ("",)
+
+
 def path_hint(info: LeafInfo) -> tuple[str | None, str]:
     """The hint of the deepest module on the leaf's path that has one (the module type first), and its name."""
-    for segment in ((info.module_type,) if info.module_type else ()) + tuple(reversed(info.keys[:-1])):
+    for segment in ((info.module_type,) if info.module_type else ()) + tuple(reversed(_segments(info)[:-1])):
         hint = name_hint(segment)
         if hint is not None:
             return hint, segment
@@ -269,14 +274,14 @@ _NAMED_3D = {
 }
 
 
-def _change_hint(path: str) -> str:
-    return (f"if it is not, pass views={{'{path}': wwjax.MatrixView(...)}}, or stacked=['{path}'] if its first axis "
-            "stacks layers")
+def _change_hint(path: str, stack: bool = True) -> str:
+    views = f"if it is not, pass views={{'{path}': wwjax.MatrixView(...)}}"
+    return views + (f", or stacked=['{path}'] if its first axis stacks layers" if stack else "")
 
 
 def _unstacked_reading(info: LeafInfo, shape: tuple[int, ...]) -> LeafReading:
     """The reading of a leaf whose stacked-layer axes (if any) are already taken off: ``shape`` is what remains."""
-    name = info.keys[-1] if info.keys else ""
+    name = _segments(info)[-1]
     ndim = len(shape)
     module = (info.module_type or "").lower()
     if name == "embedding" or module in {"embed", "embedding"}:
@@ -303,7 +308,7 @@ def _unstacked_reading(info: LeafInfo, shape: tuple[int, ...]) -> LeafReading:
     if ndim == 3 and hint in _NAMED_3D:
         view, words = _NAMED_3D[hint]
         return LeafReading(view, warning=f"3-D kernel read as {words} because of the name {segment!r}; "
-                                         + _change_hint(info.path))
+                                         + _change_hint(info.path, stack=not view.layer_axes))
     general = f" ({segment!r} names a DenseGeneral/Einsum, whose split of axes the name does not tell)" if (
         hint == "general") else ""
     return LeafReading(None, (
@@ -349,7 +354,7 @@ def read_leaf(info: LeafInfo, views: ViewSpec = None, stacked: Sequence[str] = (
     if user is not None:
         user.check(info.shape, info.path)
         return LeafReading(user)
-    name = info.keys[-1] if info.keys else ""
+    name = _segments(info)[-1]
     if len(info.shape) < 2:
         return LeafReading(None, _NON_WEIGHT_NAMES.get(name, f"{len(info.shape)}-D leaf (not a weight matrix)"))
     if name in _NON_WEIGHT_NAMES:

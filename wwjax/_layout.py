@@ -393,10 +393,11 @@ def view_in_words(shape: Sequence[int], view: MatrixView) -> str:
     axes = lambda group: ("axis " if len(group) == 1 else "axes ") + ",".join(map(str, group))  # noqa: E731
     ms = matrix_shape(shape, view)
     parts = []
+    plural = lambda n, word: f"{n} {word}" + ("s" if n != 1 else "")  # noqa: E731
     if view.layer_axes:
-        parts.append(f"{ms.num_layers} layers ({axes(view.layer_axes)}) x ")
+        parts.append(f"{plural(ms.num_layers, 'layer')} ({axes(view.layer_axes)}) x ")
     if view.slice_axes:
-        parts.append(f"{ms.num_slices} positions ({axes(view.slice_axes)}) of ")
+        parts.append(f"{plural(ms.num_slices, 'position')} ({axes(view.slice_axes)}) of ")
     parts.append(f"{ms.rows}x{ms.cols} (rows: {axes(view.row_axes)}, cols: {axes(view.col_axes)})")
     return "".join(parts)
 

@@ -112,7 +112,9 @@ def _digits_net(steps: int):
 
     @jax.jit
     def step(params, opt_state, x, y):
-        loss = lambda p: optax.softmax_cross_entropy_with_integer_labels(model.apply({"params": p}, x), y).mean()  # noqa: E731
+        def loss(p):
+            return optax.softmax_cross_entropy_with_integer_labels(model.apply({"params": p}, x), y).mean()
+
         updates, opt_state = tx.update(jax.grad(loss)(params), opt_state, params)
         return optax.apply_updates(params, updates), opt_state
 
@@ -128,8 +130,9 @@ def _through_pytorch_layout(params: dict, path) -> dict:
     tensors = {}
     for info, value, _ in flatten_params(params):
         name = ".".join(info.keys[:-1]) + (".weight" if info.keys[-1] == "kernel" else ".bias")
-        tensors[name] = value.T if value.ndim == 2 else (
-            value.transpose((value.ndim - 1, value.ndim - 2) + tuple(range(value.ndim - 2))) if value.ndim > 2 else value)
+        if value.ndim >= 2:  # (*kernel, in, out) -> (out, in, *kernel); (in, out) -> (out, in)
+            value = value.transpose((value.ndim - 1, value.ndim - 2) + tuple(range(value.ndim - 2)))
+        tensors[name] = value
     _write_safetensors(path, tensors)
     return wwjax.load_safetensors(path)
 
@@ -155,11 +158,15 @@ def _renamed_tree(params: dict, rename) -> dict:
     return wwjax._results.nest(items)
 
 
-def _assert_metrics_battery(params: dict, labels: list[str] | None = None):
-    """Analyses every renaming of ``params`` in one call (one tree holding all of them) against the original."""
+def _assert_metrics_battery(params: dict, labels: list[str] | None = None, cycle: bool = False):
+    """Analyses every renaming of ``params`` in one call (one tree holding all of them) against the original.
+    ``cycle``: each name at one position only (inserted and replacing), the positions cycling over the names."""
     leaves = flatten_params(params)
     renamings = [(label, fn) for label, fn in _renamings([info.keys for info, _, _ in leaves])
                  if labels is None or label in labels]
+    if cycle:
+        depth = max(len(info.keys) for info, _, _ in leaves)
+        renamings = [r for k, r in enumerate(renamings) if (k // 2) % depth == (k // (2 * depth)) % depth]
     whole = {"original": params} | {f"v{j}": _renamed_tree(params, fn) for j, (_, fn) in enumerate(renamings)}
     table = wwjax.details(wwjax.analyze(whole)).set_index("path")
     checked = 0
@@ -186,9 +193,11 @@ def test_metrics_battery_conv_net_a_few_names(tmp_path):
 @pytest.mark.slow
 def test_metrics_battery_trained_conv_net(tmp_path):
     params = _digits_net(steps=100)
-    assert _assert_metrics_battery(params) == (5, 2 * 2 * len(HINT_NAMES))
+    # Every name at one position (inserted and replacing a key), cycling over the positions; every (name, position)
+    # pair is planned by test_plan_battery_conv_net.
+    assert _assert_metrics_battery(params, cycle=True) == (5, 2 * len(HINT_NAMES))
     converted = _through_pytorch_layout(params, tmp_path / "net.safetensors")
-    assert _assert_metrics_battery(converted) == (6, 2 * 2 * len(HINT_NAMES))
+    assert _assert_metrics_battery(converted, cycle=True) == (6, 2 * len(HINT_NAMES))
 
 
 @pytest.mark.slow
@@ -196,8 +205,10 @@ def test_metrics_battery_trained_conv_net(tmp_path):
 def test_metrics_battery_minilm():
     params = wwjax.load_safetensors(_minilm_file())
     # One attention projection, the feed-forward input and the pooler: the names around them vary, not the shapes.
+    # Every name at one position (inserted and replacing a key), cycling over the positions: every (name, position)
+    # pair is planned by test_plan_battery_minilm; solving them all would take minutes.
     layer = params["encoder"]["layer"]["0"]
     small = {"encoder": {"layer": {"0": {"attention": {"self": {"query": layer["attention"]["self"]["query"]}},
                                          "intermediate": layer["intermediate"]}}},
              "pooler": params["pooler"]}
-    assert _assert_metrics_battery(small) == (3, 2 * 6 * len(HINT_NAMES))
+    assert _assert_metrics_battery(small, cycle=True) == (3, 2 * len(HINT_NAMES))

@@ -81,6 +81,10 @@ def test_describe_an_orbax_checkpoint_reads_only_its_metadata(tmp_path, monkeypa
         checkpointer.save(tmp_path / "ckpt", state)
     monkeypatch.setattr(_engine, "compute", lambda *a, **k: pytest.fail("describe ran an eigen-solve"))
     monkeypatch.setattr(_checkpoints, "_restore", lambda *a, **k: pytest.fail("describe read an array"))
+    # The metadata tree Orbax gives (ArrayMetadata leaves) is described as it is ...
+    metadata = wwjax.describe(_checkpoints._metadata_tree(tmp_path / "ckpt")).set_index("path")
+    assert metadata.loc["params/scan/fc/kernel", "warning"].startswith("3-D kernel read as a stack of dense layers")
+    # ... and so is the checkpoint's path (one row for the optimizer state, not read).
     plan = wwjax.describe(tmp_path / "ckpt").set_index("path")
     assert plan.loc["params/Conv_0/kernel", "num_evals"] == 72
     assert list(plan.loc["params/scan/fc/kernel", ["num_layers", "N", "M"]]) == [3, 32, 24]

@@ -266,6 +266,8 @@ def test_converted_pytorch_tensors_are_read_as_their_torch_layer(tmp_path):
                                          min_evals=1))
     np.testing.assert_array_equal(table.loc[["mixer/query/kernel"], METRICS].to_numpy(float),
                                   conv1d[METRICS].to_numpy(float))
+    loaded = wwjax.load_params(tmp_path)  # a directory of safetensors shards
+    assert loaded["mixer"]["query"]["kernel"].module_view.layer_type == "conv1d"
     # The mark travels with the array, whatever the tree around it is renamed to.
     renamed = {"attention": {"out": {"kernel": params["mixer"]["query"]["kernel"]}}}
     assert wwjax.details(wwjax.analyze(renamed, min_evals=1)).layer_type.iloc[0] == "conv1d"

@@ -153,7 +153,9 @@ def analyze(params, **options):
     ``params`` is any pytree of arrays: linen ``variables`` or ``params``, an ``nnx.State`` (or nnx module),
     params boxed by ``nn.with_partitioning``, a dict of numpy arrays. Dense kernels, embeddings, attention
     projections, 1-D/2-D/3-D convolutions (one matrix per kernel position, pooled) and stacked layers are found
-    from the Flax layouts; anything else is reported as skipped, with the reason.
+    from the Flax layouts; anything else is reported as skipped, with the reason. The shape and the metadata decide
+    how a leaf is read; a reading that rests on a name (a 3-D kernel) says so in the row's ``warning``, and
+    :func:`wwjax.describe` shows every leaf's reading from shapes alone, before anything is solved.
 
     The function is pure and jittable (``jax.jit(wwjax.analyze)(params)``; option values are static).
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 import os
 import pathlib
 
-import jax
-import numpy as np
 import pandas as pd
 
 from wwjax import _results

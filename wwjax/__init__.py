@@ -43,6 +43,7 @@ _LAZY = {
     "CheckpointScan": "wwjax._checkpoints",
     "analyze_checkpoint": "wwjax._checkpoints",
     "scan_checkpoints": "wwjax._checkpoints",
+    "describe": "wwjax._describe",
     "distances": "wwjax._distances",
     "load_params": "wwjax._formats",
 }
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
     from wwjax._checkpoints import CheckpointScan as CheckpointScan
     from wwjax._checkpoints import analyze_checkpoint as analyze_checkpoint
     from wwjax._checkpoints import scan_checkpoints as scan_checkpoints
+    from wwjax._describe import describe as describe
     from wwjax._distances import distances as distances
     from wwjax._formats import load_params as load_params
 
@@ -79,6 +81,7 @@ __all__ = (
     "SkippedLeaf",
     "analyze",
     "count_compilations",
+    "describe",
     "details",
     "enable_compilation_cache",
     "analyze_checkpoint",

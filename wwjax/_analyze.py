@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from wwjax import _engine, _results
-from wwjax._layout import LeafInfo, MatrixShape, MatrixView, classify_leaf, matrix_shape
+from wwjax._layout import LeafInfo, MatrixShape, MatrixView, matrix_shape, read_leaf
 from wwjax._layout import skip_reason_for_dtype
 from wwjax._diagnostics import add_diagnostics
 from wwjax._options import AnalyzeOptions, layer_selected, make_options
@@ -41,6 +41,7 @@ class _PlannedLeaf:
     shape: MatrixShape
     pooled: bool = True
     fft_size: int = 0  # conv2d_fft: the input grid; the "slices" are then the operator's frequencies
+    warning: str = ""  # the reading rests on a guess (a 3-D kernel read by its name …): which, and how to change it
 
     @property
     def num_evals(self) -> int:
@@ -65,35 +66,46 @@ def _size_skip(planned: _PlannedLeaf, opts: AnalyzeOptions) -> str | None:
     return None
 
 
-def view_or_skip(
+def reading_or_skip(
     info: LeafInfo, collection_skip: str | None, views, stacked: tuple[str, ...], layers: tuple[str, ...]
-) -> MatrixView | _results.SkippedLeaf:
-    """How a leaf becomes matrices, or why it is left out: the rules every consumer of leaves shares (analysis,
-    distances, the spectral penalty), so that a leaf means the same thing everywhere."""
+) -> tuple[MatrixView | _results.SkippedLeaf, str]:
+    """How a leaf becomes matrices, or why it is left out, and the guess the reading rests on (``''`` if none): the
+    rules every consumer of leaves shares (analysis, distances, the spectral penalty, ``describe``), so that a leaf
+    means the same thing everywhere."""
     skipped = functools.partial(_results.SkippedLeaf, info.path, shape=info.shape)
     if collection_skip:
-        return skipped(collection_skip)
-    view = classify_leaf(info, views, stacked)
-    if isinstance(view, str):
-        return skipped(view)
+        return skipped(collection_skip), ""
+    reading = read_leaf(info, views, stacked)
+    if reading.view is None:
+        return skipped(reading.reason, warning=reading.warning), reading.warning
+    view = reading.view
     reason = skip_reason_for_dtype(info.dtype)
     if reason is None and 0 in info.shape:
         reason = f"zero-size dimension in shape {info.shape}"
     if reason is None and not layer_selected(info.path, view.layer_type, layers):
         reason = f"not selected by layers={list(layers)}"
-    return skipped(reason, layer_type=view.layer_type) if reason else view
+    if reason:
+        return skipped(reason, layer_type=view.layer_type, warning=reading.warning), reading.warning
+    return view, reading.warning
+
+
+def view_or_skip(
+    info: LeafInfo, collection_skip: str | None, views, stacked: tuple[str, ...], layers: tuple[str, ...]
+) -> MatrixView | _results.SkippedLeaf:
+    """:func:`reading_or_skip` without the warning."""
+    return reading_or_skip(info, collection_skip, views, stacked, layers)[0]
 
 
 def plan(leaves: list[tuple[LeafInfo, Any, str | None]], opts: AnalyzeOptions) -> list[_PlannedLeaf | _results.SkippedLeaf]:
     """Host-side plan from shapes only: a view for every analysed leaf, a reason for every other one."""
     planned = []
     for info, _, collection_skip in leaves:
-        skipped = functools.partial(_results.SkippedLeaf, info.path, shape=info.shape)
-        view = view_or_skip(info, collection_skip, opts.views, opts.stacked, opts.layers)
+        view, warning = reading_or_skip(info, collection_skip, opts.views, opts.stacked, opts.layers)
+        skipped = functools.partial(_results.SkippedLeaf, info.path, shape=info.shape, warning=warning)
         if isinstance(view, _results.SkippedLeaf):
             planned.append(view)
             continue
-        leaf = _PlannedLeaf(info, view, matrix_shape(info.shape, view), pooled=opts.pool)
+        leaf = _PlannedLeaf(info, view, matrix_shape(info.shape, view), pooled=opts.pool, warning=warning)
         if opts.conv2d_fft and view.layer_type in _CONV_TYPES:  # advanced diagnostics: the conv operator
             kernel_size = tuple(info.shape[a] for a in view.slice_axes)
             if max(kernel_size, default=0) > opts.fft_size:
@@ -141,7 +153,9 @@ def analyze(params, **options):
     ``params`` is any pytree of arrays: linen ``variables`` or ``params``, an ``nnx.State`` (or nnx module),
     params boxed by ``nn.with_partitioning``, a dict of numpy arrays. Dense kernels, embeddings, attention
     projections, 1-D/2-D/3-D convolutions (one matrix per kernel position, pooled) and stacked layers are found
-    from the Flax layouts; anything else is reported as skipped, with the reason.
+    from the Flax layouts; anything else is reported as skipped, with the reason. The shape and the metadata decide
+    how a leaf is read; a reading that rests on a name (a 3-D kernel) says so in the row's ``warning``, and
+    :func:`wwjax.describe` shows every leaf's reading from shapes alone, before anything is solved.
 
     The function is pure and jittable (``jax.jit(wwjax.analyze)(params)``; option values are static).
 
@@ -244,6 +258,7 @@ def analyze(params, **options):
                 num_evals=leaf.num_evals,
                 layer_index=layer_index,
                 slice_id=slice_id,
+                layout_warning=leaf.warning,
             )
     items = []
     for p, (info, _, _) in zip(planned, leaves):

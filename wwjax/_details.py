@@ -91,7 +91,7 @@ def _analysed_rows(node: _results.LayerMetrics) -> list[dict]:
             rf=node.rf,
             layer_type=node.layer_type,
             status="success" if code == _results.STATUS_SUCCESS else "failed",
-            warning=_warning(row["alpha"]),
+            warning="; ".join(w for w in (_warning(row["alpha"]), node.layout_warning) if w),
             has_esd=True,
             reason=_results.STATUS_REASONS.get(code, f"status {code}"),
         )
@@ -104,7 +104,7 @@ def _skipped_row(node: _results.SkippedLeaf) -> dict:
         path=node.path,
         layer_type=node.layer_type or "",
         status="skipped",
-        warning="",
+        warning=node.warning,
         has_esd=False,
         reason=node.reason,
     )

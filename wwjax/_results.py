@@ -99,6 +99,8 @@ class LayerMetrics:
     # Optional columns (randomized ESD, MP fit, …): ``{column name: (rows,) array}``, shown by ``details`` after
     # the default columns in insertion order. Arrays with more axes (e.g. eigenvectors) are kept but not tabled.
     extra: dict = dataclasses.field(default_factory=dict)
+    # How the leaf was read rests on a guess (a 3-D kernel read by its name …): which, and the option that changes it.
+    layout_warning: str = dataclasses.field(metadata=dict(static=True), default="")
 
     @property
     def spectral_norm(self) -> Float[Array, " rows"]:
@@ -122,6 +124,7 @@ class SkippedLeaf:
     reason: str = dataclasses.field(metadata=dict(static=True))
     shape: tuple | None = dataclasses.field(metadata=dict(static=True), default=None)
     layer_type: str | None = dataclasses.field(metadata=dict(static=True), default=None)
+    warning: str = dataclasses.field(metadata=dict(static=True), default="")  # a guess the reading rested on
 
 
 def _is_node(x) -> bool:

@@ -10,6 +10,8 @@ import os
 
 import numpy as np
 
+from wwjax._layout import ConvertedArray, MatrixView, conv_view
+
 
 def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """All tensors of a ``.safetensors`` file as numpy arrays (bf16 becomes float32), read one at a time.
@@ -55,6 +57,8 @@ def torch_to_flax(name: str, array: np.ndarray) -> tuple[tuple[str, ...], np.nda
 
     Example:
       >>> import numpy as np
+
+from wwjax._layout import ConvertedArray, MatrixView, conv_view
       >>> keys, kernel = torch_to_flax("encoder.layer.0.dense.weight", np.zeros((8, 4)))
       >>> keys, kernel.shape
       (('encoder', 'layer', '0', 'dense', 'kernel'), (4, 8))
@@ -65,12 +69,14 @@ def torch_to_flax(name: str, array: np.ndarray) -> tuple[tuple[str, ...], np.nda
     if array.ndim == 1:
         return (*prefix, "scale"), array
     if array.ndim == 2 and any("embed" in p.lower() for p in prefix):
-        return (*prefix, "embedding"), array
+        table = MatrixView((0,), (1,), layer_type="embedding")
+        return (*prefix, "embedding"), ConvertedArray.of(array, "Embedding", table)
     if array.ndim == 2:
-        return (*prefix, "kernel"), array.T
+        return (*prefix, "kernel"), ConvertedArray.of(array.T, "Linear", MatrixView((0,), (1,)))
     # (out, in, *kernel) → (*kernel, in, out)
     order = tuple(range(2, array.ndim)) + (1, 0)
-    return (*prefix, "kernel"), array.transpose(order)
+    view = conv_view(array.ndim) if array.ndim <= 5 else None
+    return (*prefix, "kernel"), ConvertedArray.of(array.transpose(order), "Conv", view)
 
 
 def load_safetensors(path: str | os.PathLike, layout: str = "flax") -> dict:
@@ -86,6 +92,8 @@ def load_safetensors(path: str | os.PathLike, layout: str = "flax") -> dict:
 
       >>> import json, os, struct, tempfile
       >>> import numpy as np
+
+from wwjax._layout import ConvertedArray, MatrixView, conv_view
       >>> weight = np.arange(6, dtype=np.float32).reshape(2, 3)
       >>> header = json.dumps({"fc.weight": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]}}).encode()
       >>> path = os.path.join(tempfile.mkdtemp(), "model.safetensors")

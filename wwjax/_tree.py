@@ -13,7 +13,7 @@ from typing import Any
 
 import jax
 
-from wwjax._layout import LeafInfo
+from wwjax._layout import ConvertedArray, LeafInfo, MatrixView, module_kernel_view
 
 
 def key_name(key) -> str:
@@ -71,16 +71,18 @@ def _unbox(node) -> tuple[Any, tuple | None]:
     return node, None
 
 
-def _nnx_module_types(tree) -> dict[tuple[str, ...], str]:
-    """For an nnx module: the class name of the module that owns each path (so a kernel knows it is a Conv's)."""
+def _nnx_modules(tree) -> dict[tuple[str, ...], tuple[str, MatrixView | None]]:
+    """For an nnx module: the class name of the module that owns each path (so a kernel knows it is a Conv's), and
+    the kernel's view by that module's own attributes (a LinearGeneral's ``in_features``, an Einsum's equation)."""
     nnx = _loaded("flax.nnx")
     if nnx is None or not isinstance(tree, nnx.Module):
         return {}
-    return {
-        tuple(str(p) for p in path): type(node).__name__
-        for path, node in nnx.iter_graph(tree)
-        if isinstance(node, nnx.Module)
-    }
+    modules = {tuple(str(p) for p in path): node for path, node in nnx.iter_graph(tree) if isinstance(node, nnx.Module)}
+    info = {}
+    for path, module in modules.items():
+        parent = type(modules[path[:-1]]).__name__ if path and path[:-1] in modules else ""
+        info[path] = (type(module).__name__, module_kernel_view(type(module).__name__, vars(module), parent))
+    return info
 
 
 def _collection_skip(keys: tuple[str, ...], tree) -> str | None:
@@ -91,7 +93,7 @@ def _collection_skip(keys: tuple[str, ...], tree) -> str | None:
 
 def flatten_params(tree) -> list[tuple[LeafInfo, Any, str | None]]:
     """Every leaf of ``tree`` as ``(info, array_or_object, collection_skip_reason)``, in pytree order."""
-    module_types = _nnx_module_types(tree)
+    modules = _nnx_modules(tree)
     types = _box_types()
     flat, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda node: _is_box(node, types))
     leaves = []
@@ -100,13 +102,20 @@ def flatten_params(tree) -> list[tuple[LeafInfo, Any, str | None]]:
         keys = normalize_keys(path)
         shape = tuple(value.shape) if hasattr(value, "shape") and hasattr(value, "dtype") else None
         dtype = value.dtype if shape is not None else None
+        module_type, module_view = modules.get(keys[:-1], (None, None))
+        if module_view is not None and keys[-1] != "kernel":
+            module_view = None  # the module's view is its kernel's (an Embed's table is read by its name)
+        # A tensor converted from PyTorch knows the layer it came from (Conv, Linear), whatever it is called.
+        if isinstance(value, ConvertedArray) and value.module_type is not None:
+            module_type, module_view = value.module_type, value.module_view
         info = LeafInfo(
             path="/".join(keys),
             keys=keys,
             shape=shape,
             dtype=dtype,
             axis_names=axis_names,
-            module_type=module_types.get(keys[:-1]),
+            module_type=module_type,
+            module_view=module_view,
         )
         leaves.append((info, value, _collection_skip(keys, tree)))
     return leaves

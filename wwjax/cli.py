@@ -5,6 +5,7 @@
     wwjax analyze PATH              # Orbax checkpoint (run directory or step), Flax .msgpack or .safetensors
     wwjax scan DIR --init-step 0    # every step of a CheckpointManager run: trend table and a PNG
     wwjax distances A B --method cka
+    wwjax describe PATH             # how every leaf will be read, from shapes alone (no eigen-solve)
 
 Each prints its table on the terminal and writes it with ``--csv``/``--parquet``/``--json``. A bad path or format
 ends with one line on stderr and exit status 1. Compiled programs are kept in ``$XDG_CACHE_HOME/wwjax`` (default
@@ -139,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     dist.add_argument("--x64", action="store_true", help="compute in float64")
     dist.add_argument("--no-cache", action="store_true", help=_NO_CACHE_HELP)
     _add_output_options(dist, "the table")
+    _add_describe_parser(commands)
     return parser
 
 
@@ -326,6 +328,34 @@ def _run_distances(args) -> None:
     _write(table, args)
 
 
+_DESCRIBE_COLUMNS = ["path", "shape", "layer_type", "view", "N", "M", "rf", "num_evals", "status", "reason",
+                     "warning"]
+
+
+def _add_describe_parser(commands) -> None:
+    describe = commands.add_parser(
+        "describe", help="how every leaf will be read, before anything is solved",
+        description="The analysis plan of a checkpoint, from shapes alone (of an Orbax checkpoint only the metadata "
+                    "is read): each leaf's layer type, matrix view, N, M, rf, num_evals, and why a leaf is skipped "
+                    "or which guess its reading rests on (the 'warning' column, with the --views/--stacked fix).")
+    describe.add_argument("path", help="checkpoint directory, .msgpack file or .safetensors file")
+    describe.add_argument("--step", type=int, help="the step of a CheckpointManager directory (default: latest)")
+    _add_checkpoint_options(describe)
+    _add_analyze_options(describe)
+    _add_output_options(describe, "the plan")
+
+
+def _run_describe(args) -> None:
+    import wwjax
+
+    table = wwjax.describe(args.path, step=args.step, item=args.item, subtree=args.subtree, **_analyze_options(args))
+    print(_show(table, _DESCRIBE_COLUMNS))
+    guesses = int((table.warning != "").sum())
+    print(f"\n{int((table.status == 'planned').sum())} leaves to analyse, {int((table.status == 'skipped').sum())} "
+          f"skipped, {guesses} read on a guess (see 'warning')")
+    _write(table, args)
+
+
 def main(argv=None) -> int:
     """Runs the ``wwjax`` command; returns the exit status (0, 1 on an error, 2 on bad arguments)."""
     args = build_parser().parse_args(argv)
@@ -333,11 +363,12 @@ def main(argv=None) -> int:
         import jax
 
         jax.config.update("jax_enable_x64", True)
-    if not args.no_cache:  # a process of our own: keep its programs for the next run (never fails; see docs)
+    if not getattr(args, "no_cache", True):  # a process of our own: keep its programs for the next run (never fails; see docs)
         from wwjax._compilation import use_default_cache
 
         use_default_cache()
-    run = {"analyze": _run_analyze, "scan": _run_scan, "distances": _run_distances}[args.command]
+    run = {"analyze": _run_analyze, "scan": _run_scan, "distances": _run_distances,
+           "describe": _run_describe}[args.command]
     try:
         run(args)
     except (FileNotFoundError, NotADirectoryError, ValueError, TypeError, ImportError, OSError, MemoryError) as error:

@@ -191,7 +191,7 @@ def _blockwise_gram_spectrum(mat, block_rows: int, method: str, dtype):
 
     gram, finite = jax.lax.fori_loop(0, num_blocks, add_block, (jnp.zeros((m, m), dtype), jnp.array(True)))
     evals = jnp.clip(eigenvalues(jnp.where(finite, gram, 0.0)), 0.0, None)
-    tol = rank_tolerance(method, n, m, dtype)
+    tol = rank_tolerance(method, n, m, dtype, refined=False)  # too big to re-solve by the SVD
     rank = jnp.sum(evals > evals[-1] * tol)
     return SliceSpectra(evals[None], rank[None]), finite[None]
 
@@ -391,7 +391,13 @@ def compute(
         mesh = Mesh(mesh.devices, mesh.axis_names, axis_types=(AxisType.Auto,) * len(mesh.axis_names))
     sources: list[tuple] = []  # every solved batch of spectra: (evals, rank, finite)
     pieces: list[list] = [[] for _ in leaves]  # per leaf: (first matrix, source, offset in source, count)
-    for bucket in plan_buckets(leaves, method, itemsize, max_bucket_bytes):
+    buckets = plan_buckets(leaves, method, itemsize, max_bucket_bytes)
+    # A matrix whose Gram is accumulated blockwise is not re-solved by the SVD: its rank counts at the Gram's floor.
+    blockwise = {p.leaf for b in buckets if b.block_rows for p in b.pieces}
+    leaves = [dataclasses.replace(leaf, rank_tol=rank_tolerance(method, leaf.shape.N, leaf.shape.M, dtype,
+                                                                refined=False)) if i in blockwise else leaf
+              for i, leaf in enumerate(leaves)]
+    for bucket in buckets:
         sources.append(solve_bucket(
             tuple(values[p.leaf] for p in bucket.pieces),
             views=tuple(leaves[p.leaf].view for p in bucket.pieces),

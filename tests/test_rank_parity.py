@@ -7,6 +7,10 @@ rows whose rank the precision cannot decide must say so.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -114,8 +118,10 @@ def test_only_matrices_near_the_gram_floor_are_doubtful(x64):
     np.testing.assert_array_equal(fast.evals[0], evals[0])
 
 
-@pytest.mark.parametrize("svd_method, everything", [("fast", False), pytest.param("accurate", True, marks=pytest.mark.slow),
-                                                    pytest.param("fast", True, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("svd_method, everything", [
+    ("fast", False), pytest.param("accurate", True, marks=pytest.mark.slow),
+    pytest.param("fast", True, marks=pytest.mark.slow),
+])
 def test_float32_says_when_it_cannot_decide_the_rank(svd_method, everything, rank_params, f32):
     params = rank_params if everything else {k: v for k, v in rank_params.items()
                                              if k in ("duplicated_dense", "graded_dense", "ordinary")}
@@ -129,3 +135,31 @@ def test_float32_says_when_it_cannot_decide_the_rank(svd_method, everything, ran
     assert ours.loc["ordinary/kernel", "matrix_rank"] == theirs.loc["ordinary/kernel", "matrix_rank"]
     # where it warns, float32 is indeed off: WeightWatcher counts more (graded) or equal (exact zeros) rank
     assert (ours.matrix_rank <= theirs.loc[ours.index, "matrix_rank"]).all()
+
+
+# Eager analysis over a mesh of simulated CPU devices, in its own process (the device count is fixed at start-up).
+MESH_SCRIPT = """
+import os, sys
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+import jax
+jax.config.update("jax_enable_x64", True)
+import numpy as np, wwjax
+weights = np.load(sys.argv[1])
+params = {key.split("/")[0]: {key.split("/")[1]: weights[key]} for key in weights.files}
+mesh = jax.make_mesh((4,), ("batch",))
+wwjax.details(wwjax.analyze(params, mesh=mesh)).to_csv(sys.argv[2], index=False)
+"""
+
+
+@pytest.mark.slow
+def test_mesh_resolves_the_doubtful_matrices_on_each_device(tmp_path):
+    """Over a mesh of 4 simulated devices each device re-solves its own doubtful matrices (the loop holds no
+    collective). Own process, under a watchdog timeout."""
+    out = tmp_path / "mesh.csv"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    subprocess.run([sys.executable, "-c", MESH_SCRIPT, str(GOLDEN / "rank_weights.npz"), str(out)],
+                   check=True, env=env, timeout=600)
+    joined = _joined("default", pd.read_csv(out))
+    for column in ("matrix_rank", "rank_loss", "weak_rank_loss"):
+        np.testing.assert_array_equal(joined[column], joined[f"{column}_ww"], err_msg=column)
+    np.testing.assert_allclose(joined.entropy, joined.entropy_ww, rtol=RTOL)

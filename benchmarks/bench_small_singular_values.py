@@ -32,7 +32,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_analyze import MLP_WIDTH, WIDTH, median_seconds, student_t  # noqa: E402
+from bench_analyze import MLP_WIDTH, WIDTH, student_t  # noqa: E402
 
 from wwjax import _spectra  # noqa: E402
 
@@ -58,43 +58,44 @@ def compile_seconds(x: jax.Array, method: str, refine: bool) -> tuple[float, obj
 
 
 def measure(name: str, x: jax.Array, repeats: int, doubtful: int) -> dict:
+    """Compiles the three programs, then times them interleaved (a load spike hits all three alike)."""
     row = {"bucket": name, "shape": "x".join(map(str, x.shape)), "doubtful": doubtful}
+    programs = {}
     for label, method, refine in (("refined", "gram", True), ("plain", "gram", False), ("svd", "svd", False)):
-        seconds, compiled = compile_seconds(x, method, refine)
-        row[f"compile_{label}"] = seconds
-        row[f"warm_{label}"] = median_seconds(lambda c=compiled: jax.block_until_ready(c(x)), repeats)
-        row[f"rank_{label}"] = int(jnp.sum(compiled(x).rank))
+        row[f"compile_{label}"], programs[label] = compile_seconds(x, method, refine)
+        row[f"rank_{label}"] = int(jnp.sum(programs[label](x).rank))  # also the warm-up call
+    times: dict[str, list[float]] = {label: [] for label in programs}
+    for _ in range(repeats):
+        for label, compiled in programs.items():
+            start = time.perf_counter()
+            jax.block_until_ready(compiled(x))
+            times[label].append(time.perf_counter() - start)
+    row.update({f"warm_{label}": statistics.median(t) for label, t in times.items()})
     return row
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 attention matrices and one conv, no MLP bucket")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per warm figure, median taken")
+    parser.add_argument("--repeats", type=int, default=7, help="timed runs per warm figure, median taken")
     args = parser.parse_args(argv)
     rng = np.random.default_rng(0)
     buckets = [("attention", 2, WIDTH, WIDTH), ("conv 3x3 64->128", 9, 128, 64)]
     if not args.quick:
         buckets = [("attention", 12, WIDTH, WIDTH), ("mlp", 6, MLP_WIDTH, WIDTH), ("conv 3x3 64->128", 54, 128, 64)]
-    rows = []
+    print(f"jax {jax.__version__} | backend {jax.default_backend()} | float64 | median of {args.repeats} warm runs")
+    print(" | ".join(["bucket", "shape", "doubtful", "compile refined / plain / svd (s)",
+                      "warm refined / plain / svd (s)", "refined/plain", "rank refined / plain / svd"]), flush=True)
     for name, k, n, m in buckets:
         for doubtful in (0, max(1, k // 4)):
-            print(f"{name}: {k} matrices {n}x{m}, {doubtful} doubtful", file=sys.stderr, flush=True)
-            rows.append(measure(name, stack(rng, k, n, m, doubtful), args.repeats, doubtful))
-    print(f"jax {jax.__version__} | backend {jax.default_backend()} | float64 | median of {args.repeats} warm runs")
-    header = ["bucket", "shape", "doubtful", "compile refined / plain / svd (s)", "warm refined / plain / svd (s)",
-              "refined/plain", "rank refined / plain / svd"]
-    print(" | ".join(header))
-    for r in rows:
-        print(" | ".join([
-            r["bucket"], r["shape"], str(r["doubtful"]),
-            " / ".join(f"{r[f'compile_{k}']:.2f}" for k in ("refined", "plain", "svd")),
-            " / ".join(f"{r[f'warm_{k}']:.3f}" for k in ("refined", "plain", "svd")),
-            f"{r['warm_refined'] / r['warm_plain']:.2f}x",
-            " / ".join(str(r[f"rank_{k}"]) for k in ("refined", "plain", "svd")),
-        ]))
-    print(f"({statistics.mean(r['compile_refined'] - r['compile_plain'] for r in rows):.2f} s more compile per "
-          "bucket program on average)")
+            r = measure(name, stack(rng, k, n, m, doubtful), args.repeats, doubtful)
+            print(" | ".join([
+                r["bucket"], r["shape"], str(r["doubtful"]),
+                " / ".join(f"{r[f'compile_{key}']:.2f}" for key in ("refined", "plain", "svd")),
+                " / ".join(f"{r[f'warm_{key}']:.3f}" for key in ("refined", "plain", "svd")),
+                f"{r['warm_refined'] / r['warm_plain']:.2f}x",
+                " / ".join(str(r[f"rank_{key}"]) for key in ("refined", "plain", "svd")),
+            ]), flush=True)
 
 
 if __name__ == "__main__":

@@ -63,9 +63,11 @@ def _check_config(config: str, params: dict, svd_method: str, rtol: float, exact
     failed = joined[joined.path == FAILED_FIT]
     if len(failed):
         assert failed.alpha_ww.eq(-1).all() and failed.alpha.isna().all()
-        assert (failed.warning == "").all() and (failed.warning_ww == "over-trained").all()
+        assert (~failed.warning.str.contains("trained")).all() and (failed.warning_ww == "over-trained").all()
     fitted = joined[joined.path != FAILED_FIT]
-    assert (fitted.warning.fillna("") == fitted.warning_ww.fillna("")).all()
+    # WeightWatcher's warning is the α verdict; ours may add others after it (float32 rank, leaf reading).
+    alpha_verdict = fitted.warning.fillna("").str.split("; ").str[0].where(lambda w: w.str.endswith("-trained"), "")
+    assert (alpha_verdict == fitted.warning_ww.fillna("")).all()
     return joined
 
 

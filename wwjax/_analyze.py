@@ -132,7 +132,7 @@ def _engine_plan(leaf: _PlannedLeaf, opts: AnalyzeOptions, method: str, dtype) -
         shape=leaf.shape,
         pool=opts.pool,
         scale=_conv_scale(leaf, opts),
-        rank_tol=rank_tolerance(method, leaf.shape.N, leaf.shape.M, dtype),
+        rank_tol=rank_tolerance(method, leaf.shape.N, leaf.shape.M, dtype, refined=not leaf.fft_size),
         fft_size=leaf.fft_size,
     )
 

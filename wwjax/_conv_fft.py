@@ -68,7 +68,7 @@ def complex_spectra(stack: Complex[Array, "batch n m"], *, method: str) -> Slice
         gram = jnp.einsum("bnm,bnk->bmk", stack.conj(), stack, precision=jax.lax.Precision.HIGHEST)
         evals = jnp.clip(jnp.linalg.eigvalsh(gram), 0.0, None)
     real = jnp.finfo(stack.dtype).dtype
-    tol = rank_tolerance(method, *stack.shape[-2:], real)
+    tol = rank_tolerance(method, *stack.shape[-2:], real, refined=False)  # never re-solved by the SVD
     rank = jnp.sum(evals > evals[..., -1:] * tol, axis=-1)
     return SliceSpectra(evals.astype(real), rank)
 

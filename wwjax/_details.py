@@ -71,6 +71,22 @@ def _warning(alpha: float) -> str:
     return ""
 
 
+# Float32 resolves no singular value below about eps32·σmax, WeightWatcher's float64 rank counts every one above
+# σmax·N·eps64: in between, an eigenvalue counted as zero may be a genuine one (docs/engine.md).
+RANK_UNDECIDED = ("float32 cannot resolve the small singular values: matrix_rank, rank_loss and entropy may differ "
+                  "from float64 (enable jax_enable_x64)")
+
+
+def _rank_warning(row: dict, dtype) -> str:
+    """Says when the rank columns rest on eigenvalues the compute precision cannot tell from zero."""
+    lost = row["matrix_rank"] < row["num_evals"] or row["rank_loss"] > 0
+    return RANK_UNDECIDED if lost and np.dtype(dtype) == np.float32 else ""
+
+
+def _join_warnings(*messages: str) -> str:
+    return "; ".join(m for m in messages if m)
+
+
 def _analysed_rows(node: _results.LayerMetrics) -> list[dict]:
     arrays = {name: np.asarray(getattr(node, name)) for name in _results.METRIC_FIELDS if name != "esd"}
     extra = {name: np.asarray(v) for name, v in node.extra.items() if np.ndim(v) == 1}
@@ -91,10 +107,11 @@ def _analysed_rows(node: _results.LayerMetrics) -> list[dict]:
             rf=node.rf,
             layer_type=node.layer_type,
             status="success" if code == _results.STATUS_SUCCESS else "failed",
-            warning="; ".join(w for w in (_warning(row["alpha"]), node.layout_warning) if w),
             has_esd=True,
             reason=_results.STATUS_REASONS.get(code, f"status {code}"),
         )
+        rank_warning = _rank_warning(row, node.esd.dtype) if code != _results.STATUS_NON_FINITE else ""
+        row["warning"] = _join_warnings(_warning(row["alpha"]), rank_warning, node.layout_warning)
         rows.append(row)
     return rows
 

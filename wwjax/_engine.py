@@ -195,7 +195,7 @@ def _blockwise_gram_spectrum(mat, block_rows: int, method: str, dtype):
 
     gram, finite = jax.lax.fori_loop(0, num_blocks, add_block, (jnp.zeros((m, m), dtype), jnp.array(True)))
     evals = jnp.clip(eigenvalues(jnp.where(finite, gram, 0.0)), 0.0, None)
-    tol = rank_tolerance(method, n, m, dtype)
+    tol = rank_tolerance(method, n, m, dtype, refined=False)  # too big to re-solve by the SVD
     rank = jnp.sum(evals > evals[-1] * tol)
     return SliceSpectra(evals[None], rank[None]), finite[None]
 
@@ -430,6 +430,11 @@ def compute(
                     dict(views=tuple(leaves[p.leaf].view for p in bucket.pieces), bucket=bucket, method=method,
                          dtype=dtype, mesh=mesh)) for bucket in buckets]
     pieces: list[list] = [[] for _ in leaves]  # per leaf: (first matrix, source, offset in source, count)
+    # A matrix whose Gram is accumulated blockwise is not re-solved by the SVD: its rank counts at the Gram's floor.
+    blockwise = {p.leaf for b in buckets if b.block_rows for p in b.pieces}
+    leaves = [dataclasses.replace(leaf, rank_tol=rank_tolerance(method, leaf.shape.N, leaf.shape.M, dtype,
+                                                                refined=False)) if i in blockwise else leaf
+              for i, leaf in enumerate(leaves)]
     for b, bucket in enumerate(buckets):
         offset = 0
         for p in bucket.pieces:

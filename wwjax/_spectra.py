@@ -6,7 +6,10 @@ Two solvers:
   ``gesdd`` on CPU, like WeightWatcher's ``scipy.linalg.svd``).
 * ``gram``: the ``(M, M)`` Gram matrix ``WᵀW`` by a HIGHEST-precision matmul, then ``eigvalsh``. Eigenvalues of
   WᵀW *are* the ESD, so nothing is lost for the power-law tail; the smallest eigenvalues carry an absolute error of
-  about ``eps·λmax`` (see ``docs/engine.md``), which is why its rank tolerance is ``λ > λmax·N·eps``.
+  about ``eps·λmax`` (see ``docs/engine.md``). In float64 the matrices whose smallest Gram eigenvalue lies near that
+  rounding floor (:func:`doubtful`) are solved again by the SVD, so that their small singular values, numerical
+  rank, entropy and detX are the SVD's; in float32 no such matrix can be settled (the SVD itself resolves nothing
+  below ``eps·σmax``, far above WeightWatcher's float64 rank threshold), and the table says so (``docs/engine.md``).
 
 ``svd_method='fast'`` picks the faster of the two for the backend (see ``docs/engine.md`` for the measurements).
 """
@@ -19,7 +22,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float
+from jaxtyping import Array, Bool, Float
 
 SVD_METHODS = ("fast", "accurate", "svd", "gram")
 
@@ -50,14 +53,67 @@ class SliceSpectra(NamedTuple):
     rank: Float[Array, "batch"]
 
 
-def rank_tolerance(method: str, N: int, M: int, dtype) -> float:
+# A Gram eigenvalue this many rounding floors above zero is resolved to better than 1e-3 relative; below it, the
+# matrix is solved again by the SVD (float64 only). Square random matrices of size 1024 land below it about 0.5%
+# of the time (their smallest singular value fluctuates down to zero); a rank-deficient matrix always does.
+DOUBT_FACTOR = 1e3
+
+
+def gram_floor(M: int, dtype) -> float:  # noqa: N803
+    """The Gram route's rounding floor on ``λ/λmax``: no eigenvalue below it is resolved.
+
+    Measured at 2-4·eps·λmax for matrices up to 4096×1024; ``8·√M·eps`` leaves a margin.
+    """
+    return 8.0 * math.sqrt(M) * float(jnp.finfo(dtype).eps)
+
+
+def refines_small_values(method: str, dtype) -> bool:
+    """Whether ``slice_spectra`` re-solves the Gram route's doubtful matrices by the SVD (float64 only)."""
+    return method == "gram" and jnp.dtype(dtype) == jnp.float64
+
+
+def rank_tolerance(method: str, N: int, M: int, dtype, *, refined: bool = True) -> float:  # noqa: N803
     """The relative tolerance on λ/λmax under which an eigenvalue counts as zero (numerical rank).
 
-    For the SVD this is WeightWatcher's ``s > s_max·N·eps`` squared. The Gram route resolves no eigenvalue below
-    its rounding floor, measured at 2-4·eps·λmax for matrices up to 4096×1024, so it counts ``λ > λmax·8·√M·eps``.
+    For the SVD this is WeightWatcher's ``s > s_max·N·eps`` squared, and so it is for the Gram route in float64,
+    whose doubtful matrices are re-solved by the SVD (``refined``). A Gram route that is not refined (float32, the
+    blockwise Gram of an oversized matrix, the conv operator's spectra) resolves no eigenvalue below
+    :func:`gram_floor`, so it counts ``λ > λmax·8·√M·eps``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> rank_tolerance("gram", 100, 10, jnp.float32) == gram_floor(10, jnp.float32)
+      True
     """
     eps = float(jnp.finfo(dtype).eps)
-    return (N * eps) ** 2 if method == "svd" else 8.0 * math.sqrt(M) * eps
+    if method == "svd" or (refined and refines_small_values(method, dtype)):
+        return (N * eps) ** 2
+    return gram_floor(M, dtype)
+
+
+def doubtful(evals: Float[Array, "batch m"], dtype) -> Bool[Array, " batch"]:
+    """The matrices whose smallest Gram eigenvalue is within :data:`DOUBT_FACTOR` of the Gram's rounding floor:
+    their small eigenvalues (and so rank, entropy, detX) are not the SVD's. All-zero matrices are not doubtful."""
+    lambda_max = evals[..., -1]
+    return (evals[..., 0] <= lambda_max * (DOUBT_FACTOR * gram_floor(evals.shape[-1], dtype))) & (lambda_max > 0)
+
+
+def _resolve_doubtful(stack: Float[Array, "batch n m"], evals: Float[Array, "batch m"]) -> Float[Array, "batch m"]:
+    """Replaces the Gram eigenvalues of the doubtful matrices of ``stack`` by their squared singular values.
+
+    Only those are solved: a loop whose trip count is the number of doubtful matrices (none on ordinary layers),
+    each one SVD of one matrix picked by a dynamic index. It runs under ``jit``, and under ``shard_map`` each device
+    loops over its own doubtful matrices (the loop holds no collective).
+    """
+    is_doubtful = doubtful(evals, stack.dtype)
+    order = jnp.argsort(~is_doubtful, stable=True)  # the doubtful matrices first
+
+    def solve_one(i, ev):
+        j = order[i]
+        sv = jnp.linalg.svd(jax.lax.dynamic_index_in_dim(stack, j, keepdims=False), compute_uv=False)[::-1]
+        return jax.lax.dynamic_update_index_in_dim(ev, (sv * sv)[None], j, axis=0)
+
+    return jax.lax.fori_loop(0, jnp.sum(is_doubtful), solve_one, evals)
 
 
 def tridiagonal_eigenvalues(d: Float[Array, " m"], e: Float[Array, " m-1"]) -> Float[Array, " m"]:
@@ -148,6 +204,8 @@ def slice_spectra(stack: Float[Array, "batch n m"], *, method: str) -> SliceSpec
     else:
         gram = jnp.einsum("bnm,bnk->bmk", stack, stack, precision=jax.lax.Precision.HIGHEST)
         evals = jnp.clip(eigenvalues(gram), 0.0, None)
+        if refines_small_values(method, stack.dtype):
+            evals = _resolve_doubtful(stack, evals)
     tol = rank_tolerance(method, *stack.shape[-2:], stack.dtype)
     rank = jnp.sum(evals > evals[..., -1:] * tol, axis=-1)
     return SliceSpectra(evals, rank)

@@ -197,7 +197,7 @@ _OPTIONS = [{}, {"mp_fit": True}, {"randomize": True, "key": 0}, {"fix_fingers":
 BATTERY = {
     2: [dict(dtype="f64", layers=1, options=_OPTIONS[1]), dict(dtype="f32", layers=40, options=_OPTIONS[0])],
     4: [dict(dtype="f32", layers=2, options=_OPTIONS[2]), dict(dtype="f64", layers=7, options=_OPTIONS[3]),
-        dict(dtype="f32", layers=7, options=_OPTIONS[4])],
+        dict(dtype="f64", layers=7, options=_OPTIONS[4])],  # TPL in float32: see docs/scaling.md
     8: [dict(dtype="f64", layers=3, options=_OPTIONS[4]), dict(dtype="f32", layers=11, options=_OPTIONS[0]),
         dict(dtype="f64", layers=11, options=_OPTIONS[2]), dict(dtype="f32", layers=3, options=_OPTIONS[3])],
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import socket
@@ -101,9 +102,34 @@ def test_bad_budget_and_mesh_options_say_what_to_pass():
         wwjax.analyze({}, mesh="8 devices")
 
 
-def _run(*args: str) -> None:
+# A watchdog for every subprocess: a hang fails the test within this many seconds (generous for a loaded 2-core
+# machine, where one mesh case compiles for about a minute) and never stalls the run.
+WATCHDOG_SECONDS = 900
+
+
+def _watched(commands: list[list[str]], timeout: float = WATCHDOG_SECONDS) -> list[str]:
+    """Runs the commands side by side; fails (killing every one of them) if any is not done within ``timeout``."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    subprocess.run([sys.executable, str(WORKER), *args], check=True, env=env, timeout=600)
+    procs = [subprocess.Popen(c, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+             for c in commands]
+    outputs = []
+    try:
+        for p in procs:
+            output, _ = p.communicate(timeout=timeout)
+            outputs.append(output.decode(errors="replace"))
+            assert p.returncode == 0, outputs[-1][-3000:]
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"no result within {timeout} s (a hang): {' '.join(commands[len(outputs)][1:])}")
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, 9)
+                p.wait()
+    return outputs
+
+
+def _run(*args: str) -> None:
+    _watched([[sys.executable, str(WORKER), *args]])
 
 
 def test_mesh_of_8_devices_matches_one_device(tmp_path, weights_file, reference):
@@ -122,19 +148,79 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _orbax_run(directory: pathlib.Path, flat: dict) -> None:
+    """A two-step CheckpointManager run of the weights (step 1 scaled), with an optimizer state beside them."""
+    import orbax.checkpoint as ocp
+
+    with ocp.CheckpointManager(directory) as manager:
+        for step in (0, 1):
+            params = _nest({k: v * (1.0 + step) for k, v in flat.items()})
+            opt_state = {"mu": _nest({k: np.zeros_like(v) for k, v in flat.items()})}
+            manager.save(step, args=ocp.args.StandardSave({"params": params, "opt_state": opt_state}))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", ["f32", "f64"])
+def test_two_processes_analyse_and_scan_a_run_like_one(tmp_path, weights_file, dtype):
+    """Two jax.distributed processes on localhost (two CPU devices each) analyse sharded params and scan an Orbax
+    run over the 4-device mesh, each restoring only its shards; both get the single-process tables."""
+    run = tmp_path / "run"
+    _orbax_run(run, _weights())
+    port = str(_free_port())
+    _watched([[sys.executable, str(WORKER), "multihost", str(tmp_path / f"p{i}.csv"), str(weights_file), str(i), "2",
+               port, "2", dtype, str(run)] for i in range(2)])
+    x64 = dtype == "f64"
+    previous = jax.config.read("jax_enable_x64")
+    jax.config.update("jax_enable_x64", x64)
+    try:
+        want = wwjax.details(wwjax.analyze(_nest(_weights())))
+        want_scan = wwjax.scan_checkpoints(run, progress=False).details
+    finally:
+        jax.config.update("jax_enable_x64", previous)
+    rtol = 1e-12 if x64 else 1e-6
+    for i in range(2):  # every process holds the whole tables
+        _assert_same_table(pd.read_csv(tmp_path / f"p{i}.csv"), want, rtol=rtol)
+        _assert_same_table(pd.read_csv(tmp_path / f"p{i}.csv.scan.csv"), want_scan, rtol=rtol)
+
+
 def test_two_processes_on_localhost_give_the_single_process_table(tmp_path, weights_file, reference):
     port = str(_free_port())
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    procs = [
-        subprocess.Popen([sys.executable, str(WORKER), "multihost", str(tmp_path / f"p{i}.csv"), str(weights_file),
-                          str(i), "2", port, "2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        for i in range(2)
-    ]
-    for p in procs:
-        output, _ = p.communicate(timeout=600)
-        assert p.returncode == 0, output.decode()[-3000:]
+    _watched([[sys.executable, str(WORKER), "multihost", str(tmp_path / f"p{i}.csv"), str(weights_file), str(i), "2",
+               port, "2"] for i in range(2)])
     for i in range(2):  # every process holds the whole table
         _assert_same_table(pd.read_csv(tmp_path / f"p{i}.csv"), reference, rtol=1e-9)
+
+
+# The stress battery: every case runs on a mesh of simulated devices eagerly and jitted on params sharded over it,
+# and must equal the single-device table. Each subprocess holds one device count.
+_OPTIONS = [{}, {"mp_fit": True}, {"randomize": True, "key": 0}, {"fix_fingers": "clip_xmax"}, {"fit": "TPL"}]
+BATTERY = {
+    2: [dict(dtype="f64", layers=1, options=_OPTIONS[1]), dict(dtype="f32", layers=40, options=_OPTIONS[0])],
+    4: [dict(dtype="f32", layers=2, options=_OPTIONS[2]), dict(dtype="f64", layers=7, options=_OPTIONS[3]),
+        dict(dtype="f64", layers=7, options=_OPTIONS[4])],  # TPL in float32: see docs/scaling.md
+    8: [dict(dtype="f64", layers=3, options=_OPTIONS[4]), dict(dtype="f32", layers=11, options=_OPTIONS[0]),
+        dict(dtype="f64", layers=11, options=_OPTIONS[2]), dict(dtype="f32", layers=3, options=_OPTIONS[3])],
+}
+RTOL = {"f32": 1e-6, "f64": 1e-12}
+
+
+def _battery(tmp_path, devices: int, cases: list[dict]) -> None:
+    out = tmp_path / f"battery{devices}.json"
+    _run("battery", str(out), str(devices), json.dumps(cases))
+    for result in json.loads(out.read_text()):
+        assert result["eager"] <= RTOL[result["dtype"]], result
+        assert result["jit"] <= RTOL[result["dtype"]], result
+
+
+def test_mesh_battery_small_share(tmp_path):
+    """The default run's share of the battery: float32, a dense and a conv kernel, two devices, eager and jitted."""
+    _battery(tmp_path, 2, [dict(dtype="f32", layers=2, options={})])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("devices", sorted(BATTERY))
+def test_mesh_battery(tmp_path, devices):
+    _battery(tmp_path, devices, BATTERY[devices])
 
 
 def test_a_transformer_compiles_once_per_bucket_and_fit_group():

@@ -240,15 +240,31 @@ def _checkpoint_leaves(tree, subtree: str | None) -> list[_CheckpointLeaf]:
     return leaves
 
 
-def _restore(item_dir: pathlib.Path, tree, keys: set[str]) -> dict[str, np.ndarray]:
-    """Restores only the leaves whose keystr is in ``keys``, as numpy arrays; every other leaf stays on disk."""
+def _mesh_sharding(shape: tuple[int, ...], mesh):
+    """Where a restored leaf lives on ``mesh``: its first axis split over every device when it divides (each
+    process then reads only its own rows), else replicated."""
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    split = len(shape) >= 2 and shape[0] % mesh.size == 0
+    return NamedSharding(mesh, P(tuple(mesh.axis_names)) if split else P())
+
+
+def _restore(item_dir: pathlib.Path, tree, keys: set[str], mesh=None) -> dict[str, Any]:
+    """Restores only the leaves whose keystr is in ``keys``, as numpy arrays (or, with a ``mesh``, as global arrays
+    sharded over it, each process reading its shards); every other leaf stays on disk."""
     import orbax.checkpoint as ocp
 
     if not hasattr(ocp, "PLACEHOLDER"):  # pragma: no cover - old Orbax
         raise RuntimeError("restoring part of a checkpoint needs orbax-checkpoint >= 0.11.11 (ocp.PLACEHOLDER)")
     target = jax.tree_util.tree_map_with_path(
         lambda p, m: m if jax.tree_util.keystr(p) in keys else ocp.PLACEHOLDER, tree)
-    restore_args = jax.tree_util.tree_map(lambda m: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+    if mesh is None:
+        restore_args = jax.tree_util.tree_map(lambda m: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+    else:
+        restore_args = jax.tree_util.tree_map_with_path(
+            lambda p, m: ocp.ArrayRestoreArgs(sharding=_mesh_sharding(tuple(m.shape), mesh))
+            if jax.tree_util.keystr(p) in keys else ocp.RestoreArgs(restore_type=np.ndarray), tree)
     with _checkpointer() as checkpointer:
         restored = checkpointer.restore(item_dir, args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args))
     return {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_flatten_with_path(restored)[0]
@@ -307,7 +323,7 @@ def _analyze_item(item_dir: pathlib.Path, options: dict, *, bucket_bytes: int, s
                  if init_tree is not None else {})
     nodes, distance_frames = {}, []
     for bucket in buckets_of(analysed, bucket_bytes):
-        arrays = _restore(item_dir, tree, {by_path[p.info.path].key for p in bucket})
+        arrays = _restore(item_dir, tree, {by_path[p.info.path].key for p in bucket}, opts.mesh)
         values = [(p.info.keys, arrays[by_path[p.info.path].key]) for p in bucket]
         result = analyze(_nest(values), **options)
         nodes.update({n.path: n for n in _results.iter_nodes(result)})
@@ -395,7 +411,8 @@ def analyze_checkpoint(path, step: int | None = None, item: str | None = None, *
       subtree: analyse only the leaves under this ``/``-path (default: ``params`` when the tree has it, else
         ``model``, else everything but the optimizer state).
       bucket_bytes: the most bytes of weights restored at once (a larger single leaf is read alone).
-      **analyze_options: options of :func:`wwjax.analyze`.
+      **analyze_options: options of :func:`wwjax.analyze`; with ``mesh``, each analysed leaf is restored as a global
+        array sharded over it (each process of a multi-host run reads only its shards).
 
     Returns:
       A :class:`CheckpointScan`: ``details`` (a ``step`` column, then the columns of :func:`wwjax.details`) and
@@ -440,7 +457,8 @@ def scan_checkpoints(directory, steps: Sequence[int] | None = None, *, item: str
       cache: keep compiled programs in the persistent cache (``$XDG_CACHE_HOME/wwjax``, see
         :func:`wwjax.enable_compilation_cache`) so that the next scan of this model compiles nothing; ``False``, or
         the environment variable ``WWJAX_NO_CACHE=1``, leaves JAX's configuration alone.
-      **analyze_options: options of :func:`wwjax.analyze`.
+      **analyze_options: options of :func:`wwjax.analyze`; with ``mesh``, each analysed leaf is restored as a global
+        array sharded over it (each process of a multi-host run reads only its shards).
 
     Returns:
       A :class:`CheckpointScan`: ``details`` (every row of every step) and ``summary`` (one row per step).

@@ -161,13 +161,27 @@ def _replicated(tree, mesh: Mesh | None):
     return jax.lax.with_sharding_constraint(tree, NamedSharding(mesh, P()))
 
 
+def _one_at_a_time(stack, method: str) -> SliceSpectra:
+    """:func:`slice_spectra` of each matrix of ``stack`` in turn: every LAPACK call gets a batch of one.
+
+    jaxlib's CPU LAPACK kernels (``sytrd``, ``gesdd``) split a batch over XLA's intra-op thread pool and block the
+    calling pool thread until the parts are done. Over a mesh every device's program reaches the solve at once, each
+    on a pool thread: when they fill the pool, the parts wait behind the threads that wait for them, and the process
+    deadlocks (docs/scaling.md). A batch of one runs on the calling thread; the devices are the parallelism.
+    """
+    spectra = jax.lax.map(lambda matrix: slice_spectra(matrix[None], method=method), stack)
+    return SliceSpectra(spectra.evals[:, 0], spectra.rank[:, 0])
+
+
 def _solve(stack, method: str, mesh: Mesh | None) -> SliceSpectra:
-    """One vmapped eigen-solve of ``stack (batch, N, M)``; over a mesh, each device solves its slice of the batch."""
+    """One vmapped eigen-solve of ``stack (batch, N, M)``; over a mesh, each device solves its slice of the batch,
+    one matrix after another (see :func:`_one_at_a_time`)."""
     if mesh is None:
         return slice_spectra(stack, method=method)
     count = stack.shape[0]
     solve = jax.shard_map(
-        lambda s: slice_spectra(s, method=method), mesh=mesh, in_specs=_batch_spec(mesh), out_specs=_batch_spec(mesh)
+        functools.partial(_one_at_a_time, method=method), mesh=mesh, in_specs=_batch_spec(mesh),
+        out_specs=_batch_spec(mesh),
     )
     # The barrier materialises the stacked matrices before their re-layout: XLA's CPU all-to-all rejects a
     # transposed operand fed to it directly (a kernel sharded on its rows, read as its transpose).
@@ -354,7 +368,9 @@ def fit_group(
     block = max(1, min(n_pad, ks_elements // (per_device * n_pad)))
     fit = lambda *a: _fit_rows(*a, num_clipped=num_clipped, tolerance=tolerance, block=block, tail=tail)  # noqa: E731
     if mesh is not None:
-        fit = jax.shard_map(fit, mesh=mesh, in_specs=_batch_spec(mesh), out_specs=_batch_spec(mesh))
+        # check_vma=False: the row fit holds no collective, and the loops of its fits (TPL's Nelder-Mead) start from
+        # constants that the per-device rows make device-varying, which the check would reject.
+        fit = jax.shard_map(fit, mesh=mesh, in_specs=_batch_spec(mesh), out_specs=_batch_spec(mesh), check_vma=False)
         evals, num_valid, tol, finite = _split_batch((evals, num_valid, tol, finite), mesh)
     metrics = fit(evals, num_valid, tol, finite)
     metrics["esd"] = evals

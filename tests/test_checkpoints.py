@@ -71,7 +71,8 @@ def test_scan_matches_analyze_and_skips_optimizer(run, monkeypatch):
     directory, saved = run
     read_keys = []
     restore = _checkpoints._restore
-    monkeypatch.setattr(_checkpoints, "_restore", lambda d, t, keys: read_keys.append(set(keys)) or restore(d, t, keys))
+    monkeypatch.setattr(_checkpoints, "_restore",
+                        lambda d, t, keys, **kw: read_keys.append(set(keys)) or restore(d, t, keys, **kw))
     scan = wwjax.scan_checkpoints(directory, progress=False)
     assert list(scan.summary.step) == list(STEPS) and set(scan.summary.status) == {"success"}
     assert all("opt_state" not in k for keys in read_keys for k in keys)  # the optimizer state is never read
@@ -106,7 +107,8 @@ def test_small_buckets_give_the_same_numbers(run, monkeypatch):
     directory, _ = run
     calls = []
     restore = _checkpoints._restore
-    monkeypatch.setattr(_checkpoints, "_restore", lambda d, t, keys: calls.append(len(keys)) or restore(d, t, keys))
+    monkeypatch.setattr(_checkpoints, "_restore",
+                        lambda d, t, keys, **kw: calls.append(len(keys)) or restore(d, t, keys, **kw))
     small = wwjax.analyze_checkpoint(directory, bucket_bytes=1)  # every leaf its own bucket
     assert calls == [1, 1, 1]
     whole = wwjax.analyze_checkpoint(directory)

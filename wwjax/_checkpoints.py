@@ -323,7 +323,7 @@ def _analyze_item(item_dir: pathlib.Path, options: dict, *, bucket_bytes: int, s
                  if init_tree is not None else {})
     nodes, distance_frames = {}, []
     for bucket in buckets_of(analysed, bucket_bytes):
-        arrays = _restore(item_dir, tree, {by_path[p.info.path].key for p in bucket}, opts.mesh)
+        arrays = _restore(item_dir, tree, {by_path[p.info.path].key for p in bucket}, mesh=opts.mesh)
         values = [(p.info.keys, arrays[by_path[p.info.path].key]) for p in bucket]
         result = analyze(_nest(values), **options)
         nodes.update({n.path: n for n in _results.iter_nodes(result)})

@@ -58,7 +58,6 @@ def torch_to_flax(name: str, array: np.ndarray) -> tuple[tuple[str, ...], np.nda
     Example:
       >>> import numpy as np
 
-from wwjax._layout import ConvertedArray, MatrixView, conv_view
       >>> keys, kernel = torch_to_flax("encoder.layer.0.dense.weight", np.zeros((8, 4)))
       >>> keys, kernel.shape
       (('encoder', 'layer', '0', 'dense', 'kernel'), (4, 8))
@@ -93,7 +92,6 @@ def load_safetensors(path: str | os.PathLike, layout: str = "flax") -> dict:
       >>> import json, os, struct, tempfile
       >>> import numpy as np
 
-from wwjax._layout import ConvertedArray, MatrixView, conv_view
       >>> weight = np.arange(6, dtype=np.float32).reshape(2, 3)
       >>> header = json.dumps({"fc.weight": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]}}).encode()
       >>> path = os.path.join(tempfile.mkdtemp(), "model.safetensors")

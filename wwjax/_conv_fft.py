@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Complex, Float
 
 from wwjax._layout import MatrixView, matrix_shape
-from wwjax._spectra import SliceSpectra, rank_tolerance
+from wwjax._spectra import SliceSpectra, per_matrix, rank_tolerance
 
 
 def frequency_matrices(leaf: Float[Array, "..."], view: MatrixView, grid: int) -> Complex[Array, "layers freqs n m"]:
@@ -62,11 +62,11 @@ def complex_spectra(stack: Complex[Array, "batch n m"], *, method: str) -> Slice
       [1.0, 4.0]
     """
     if method == "svd":
-        sv = jnp.linalg.svd(stack, compute_uv=False)[..., ::-1]
+        sv = per_matrix(functools.partial(jnp.linalg.svd, compute_uv=False), stack)[..., ::-1]
         evals = sv * sv
     else:
         gram = jnp.einsum("bnm,bnk->bmk", stack.conj(), stack, precision=jax.lax.Precision.HIGHEST)
-        evals = jnp.clip(jnp.linalg.eigvalsh(gram), 0.0, None)
+        evals = jnp.clip(per_matrix(jnp.linalg.eigvalsh, gram), 0.0, None)
     real = jnp.finfo(stack.dtype).dtype
     tol = rank_tolerance(method, *stack.shape[-2:], real, refined=False)  # never re-solved by the SVD
     rank = jnp.sum(evals > evals[..., -1:] * tol, axis=-1)

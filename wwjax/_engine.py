@@ -168,6 +168,8 @@ def _one_at_a_time(stack, method: str) -> SliceSpectra:
     calling pool thread until the parts are done. Over a mesh every device's program reaches the solve at once, each
     on a pool thread: when they fill the pool, the parts wait behind the threads that wait for them, and the process
     deadlocks (docs/scaling.md). A batch of one runs on the calling thread; the devices are the parallelism.
+    Every other batched solve guards itself the same way (:func:`wwjax._spectra.per_matrix`); here the Gram matrices
+    are formed one at a time too.
     """
     spectra = jax.lax.map(lambda matrix: slice_spectra(matrix[None], method=method), stack)
     return SliceSpectra(spectra.evals[:, 0], spectra.rank[:, 0])

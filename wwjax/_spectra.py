@@ -116,6 +116,34 @@ def _resolve_doubtful(stack: Float[Array, "batch n m"], evals: Float[Array, "bat
     return jax.lax.fori_loop(0, jnp.sum(is_doubtful), solve_one, evals)
 
 
+
+def shares_lapack_pool() -> bool:
+    """Whether several CPU devices of this process may run LAPACK at once (then batched calls can deadlock).
+
+    jaxlib's CPU LAPACK kernels (``sytrd``, ``gesdd``, ``syevd``) split a batch over XLA's intra-op thread pool and
+    block the calling pool thread until the parts are done. A program sharded over several CPU devices runs each
+    device's part on a pool thread; when they all reach such a call at once and fill the pool, the parts wait behind
+    the threads that wait for them, and the process hangs (``docs/scaling.md``). A batch of one never splits.
+    """
+    return jax.default_backend() == "cpu" and jax.local_device_count() > 1
+
+
+def per_matrix(solve, *stacks):
+    """``solve(*stacks)`` for batched ``stacks`` (leading axis), one matrix at a time where
+    :func:`shares_lapack_pool`: every LAPACK call then gets a batch of one and runs on the calling thread (the
+    devices are the parallelism). Elsewhere the single batched call, jaxlib's fastest.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> per_matrix(lambda a: jnp.linalg.eigvalsh(a), jnp.eye(2)[None] * 3.0).tolist()
+      [[3.0, 3.0]]
+    """
+    if not shares_lapack_pool() or stacks[0].shape[0] <= 1:
+        return solve(*stacks)
+    one = lambda *mats: jax.tree.map(lambda out: out[0], solve(*(m[None] for m in mats)))  # noqa: E731
+    return jax.lax.map(lambda mats: one(*mats), stacks)
+
+
 def tridiagonal_eigenvalues(d: Float[Array, " m"], e: Float[Array, " m-1"]) -> Float[Array, " m"]:
     """Every eigenvalue, ascending, of the symmetric tridiagonal matrix with diagonal ``d`` and off-diagonal ``e``.
 
@@ -182,7 +210,8 @@ def eigenvalues(a: Float[Array, "... m m"]) -> Float[Array, "... m"]:
     if jax.default_backend() != "cpu" or a.shape[-1] < 2:
         return jnp.linalg.eigvalsh(a)
     batch, m = a.shape[:-2], a.shape[-1]
-    _, diagonal, off_diagonal, _ = jax.lax.linalg.tridiagonal(a, lower=True)
+    reduce = lambda x: jax.lax.linalg.tridiagonal(x, lower=True)[1:3]  # noqa: E731
+    diagonal, off_diagonal = per_matrix(reduce, a.reshape(-1, m, m))
     solve = jax.vmap(tridiagonal_eigenvalues)
     return solve(diagonal.reshape(-1, m), off_diagonal.reshape(-1, m - 1)).reshape(*batch, m)
 
@@ -199,7 +228,7 @@ def slice_spectra(stack: Float[Array, "batch n m"], *, method: str) -> SliceSpec
       ([0.0, 4.0, 9.0], 2)
     """
     if method == "svd":
-        sv = jnp.linalg.svd(stack, compute_uv=False)[..., ::-1]
+        sv = per_matrix(functools.partial(jnp.linalg.svd, compute_uv=False), stack)[..., ::-1]
         evals = sv * sv
     else:
         gram = jnp.einsum("bnm,bnk->bmk", stack, stack, precision=jax.lax.Precision.HIGHEST)

@@ -193,12 +193,18 @@ def test_two_processes_on_localhost_give_the_single_process_table(tmp_path, weig
 
 # The stress battery: every case runs on a mesh of simulated devices eagerly and jitted on params sharded over it,
 # and must equal the single-device table. Each subprocess holds one device count.
+# The truncated power law's (alpha, Lambda) come from a replay of SciPy's fmin (Nelder-Mead), which stops at
+# xtol = ftol = 1e-4: its answer is defined to that tolerance only, and the last-bit differences of another per-device
+# batch shape move the stopping point within it (1.4e-6 relative in float64 on 8 devices, 4e-4 in float32 on 4).
+TPL_RTOL = 1e-3
 _OPTIONS = [{}, {"mp_fit": True}, {"randomize": True, "key": 0}, {"fix_fingers": "clip_xmax"}, {"fit": "TPL"}]
 BATTERY = {
-    2: [dict(dtype="f64", layers=1, options=_OPTIONS[1]), dict(dtype="f32", layers=40, options=_OPTIONS[0])],
+    2: [dict(dtype="f64", layers=1, options=_OPTIONS[1]), dict(dtype="f32", layers=40, options=_OPTIONS[0]),
+        dict(dtype="f32", layers=5, options=_OPTIONS[4], rtol=TPL_RTOL)],
     4: [dict(dtype="f32", layers=2, options=_OPTIONS[2]), dict(dtype="f64", layers=7, options=_OPTIONS[3]),
-        dict(dtype="f64", layers=7, options=_OPTIONS[4])],  # TPL in float32: see docs/scaling.md
-    8: [dict(dtype="f64", layers=3, options=_OPTIONS[4]), dict(dtype="f32", layers=11, options=_OPTIONS[0]),
+        dict(dtype="f64", layers=7, options=_OPTIONS[4], rtol=TPL_RTOL)],
+    8: [dict(dtype="f64", layers=3, options=_OPTIONS[4], rtol=TPL_RTOL),
+        dict(dtype="f32", layers=11, options=_OPTIONS[0]),
         dict(dtype="f64", layers=11, options=_OPTIONS[2]), dict(dtype="f32", layers=3, options=_OPTIONS[3])],
 }
 RTOL = {"f32": 1e-6, "f64": 1e-12}
@@ -208,8 +214,9 @@ def _battery(tmp_path, devices: int, cases: list[dict]) -> None:
     out = tmp_path / f"battery{devices}.json"
     _run("battery", str(out), str(devices), json.dumps(cases))
     for result in json.loads(out.read_text()):
-        assert result["eager"] <= RTOL[result["dtype"]], result
-        assert result["jit"] <= RTOL[result["dtype"]], result
+        rtol = result.get("rtol", RTOL[result["dtype"]])
+        assert result["eager"] <= rtol, result
+        assert result["jit"] <= rtol, result
 
 
 def test_mesh_battery_small_share(tmp_path):

@@ -81,6 +81,13 @@ def _add_checkpoint_options(parser: argparse.ArgumentParser):
     return group
 
 
+def _add_one_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
+    """PATH, --step and the Orbax options: what names one checkpoint (``analyze``, ``describe``)."""
+    parser.add_argument("path", help="checkpoint directory, .msgpack file or .safetensors file")
+    _add_checkpoint_options(parser).add_argument(
+        "--step", type=int, help="the step of a CheckpointManager directory (default: latest)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wwjax", description="WeightWatcher's spectral diagnostics of trained weights, for JAX checkpoints.",
@@ -92,9 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Per-layer metrics (alpha, norms, ranks) of an Orbax checkpoint (a CheckpointManager directory "
                     "- its latest step unless --step - or one step), a Flax .msgpack file, or a .safetensors file "
                     "or directory of shards (PyTorch layouts converted to Flax).")
-    analyze.add_argument("path", help="checkpoint directory, .msgpack file or .safetensors file")
-    _add_checkpoint_options(analyze).add_argument(
-        "--step", type=int, help="the step of a CheckpointManager directory (default: latest)")
+    _add_one_checkpoint_arguments(analyze)
     _add_analyze_options(analyze)
     shown = analyze.add_argument_group("what is printed")
     shown.add_argument("--summary", action="store_true", dest="summary_only", help="print only the summary line")
@@ -338,9 +343,7 @@ def _add_describe_parser(commands) -> None:
         description="The analysis plan of a checkpoint, from shapes alone (of an Orbax checkpoint only the metadata "
                     "is read): each leaf's layer type, matrix view, N, M, rf, num_evals, and why a leaf is skipped "
                     "or which guess its reading rests on (the 'warning' column, with the --views/--stacked fix).")
-    describe.add_argument("path", help="checkpoint directory, .msgpack file or .safetensors file")
-    describe.add_argument("--step", type=int, help="the step of a CheckpointManager directory (default: latest)")
-    _add_checkpoint_options(describe)
+    _add_one_checkpoint_arguments(describe)
     _add_analyze_options(describe)
     _add_output_options(describe, "the plan")
 

@@ -13,7 +13,7 @@ For each model it measures, in seconds:
   grouped by shape, stacked on the device beforehand, and solved by a jitted, vmapped ``eigvalsh(WᵀW)``
   (HIGHEST-precision einsum); median of ``--repeats`` runs after a warm-up.
 * **bare Gram+solver warm**: the floor under wwjax's default ``svd_method='fast'``: the same Gram matrices through
-  wwjax's own eigen-solver (``wwjax._spectra.eigenvalues``: on CPU LAPACK ``sytrd`` and a bisection, elsewhere
+  wwjax's own eigen-solver (``wwjax.core._spectra.eigenvalues``: on CPU LAPACK ``sytrd`` and a bisection, elsewhere
   ``eigvalsh``), timed the same way. ``wwjax warm / bare solver warm`` is wwjax's overhead over the solve.
 * **bare SVD warm**: the same stacks through ``jnp.linalg.svd(..., compute_uv=False)``; compiled ahead of time,
   then run once (it is slow).
@@ -264,7 +264,7 @@ def time_bare(stacks: list[np.ndarray], repeats: int) -> tuple[float, float, flo
     SVD (compiled, run once)."""
     import jax
     import jax.numpy as jnp
-    from wwjax._spectra import eigenvalues
+    from wwjax.core._spectra import eigenvalues
 
     def gram_of(w):
         return jnp.einsum("nm,nk->mk", w, w, precision=jax.lax.Precision.HIGHEST)

@@ -2,8 +2,8 @@
 
 In float64 the default solver computes every matrix's eigenvalues from its Gram matrix and then re-solves, by the
 SVD and one at a time, the matrices whose smallest Gram eigenvalue lies near the Gram's rounding floor
-(``wwjax._spectra.doubtful``). This script measures, per bucket of ``bench_analyze.py``'s transformer shapes (and a
-conv bucket), on the bucket's solve program (``wwjax._spectra.slice_spectra``):
+(``wwjax.core._spectra.doubtful``). This script measures, per bucket of ``bench_analyze.py``'s transformer shapes (and a
+conv bucket), on the bucket's solve program (``wwjax.core._spectra.slice_spectra``):
 
 * **compile**: seconds to lower and compile the program with the re-solve and without it;
 * **ordinary, warm**: the median run time with and without it when no matrix is doubtful (Student-t weights);

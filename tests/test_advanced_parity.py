@@ -12,8 +12,8 @@ import pytest
 
 import wwjax
 from conftest import GOLDEN
-from wwjax._layout import MatrixView
-from wwjax._vectors import leaf_vector_metrics
+from wwjax.core._layout import MatrixView
+from wwjax.diagnostics._vectors import leaf_vector_metrics
 
 FAILED_FIT = "rank1/kernel"
 RTOL = 1e-6

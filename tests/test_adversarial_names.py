@@ -17,10 +17,10 @@ import pytest
 from flax import linen as nn
 
 import wwjax
-from wwjax import _layout
-from wwjax._analyze import _PlannedLeaf, plan
-from wwjax._options import make_options
-from wwjax._tree import flatten_params
+from wwjax.core import _layout
+from wwjax.core._analyze import _PlannedLeaf, plan
+from wwjax.core._options import make_options
+from wwjax.core._tree import flatten_params
 from test_cli import _write_safetensors
 from test_pretrained import _minilm_file
 
@@ -155,7 +155,7 @@ def test_plan_battery_conv_net(tmp_path):
 
 def _renamed_tree(params: dict, rename) -> dict:
     items = [(rename(info.keys), value) for info, value, _ in flatten_params(params)]
-    return wwjax._results.nest(items)
+    return wwjax.core._results.nest(items)
 
 
 def _assert_metrics_battery(params: dict, labels: list[str] | None = None, cycle: bool = False):

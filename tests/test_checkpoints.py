@@ -15,7 +15,7 @@ from flax import linen as nn
 from flax import nnx
 
 import wwjax
-from wwjax import _checkpoints
+from wwjax.io import _checkpoints
 
 STEPS = (0, 4, 8, 12)
 

@@ -15,7 +15,8 @@ import pytest
 from flax import serialization
 
 import wwjax
-from wwjax import _compilation, cli
+from wwjax import cli
+from wwjax.core import _compilation
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TIMEOUT = 300  # seconds: a watchdog for every subprocess
@@ -82,7 +83,7 @@ def test_default_cache_dir_follows_xdg(monkeypatch, tmp_path):
 
 _CACHED_RUN = """
 import json, numpy as np, wwjax
-from wwjax._compilation import use_default_cache
+from wwjax.core._compilation import use_default_cache
 directory = use_default_cache()
 params = {"kernel": np.random.default_rng(0).standard_t(3, (72, 40)).astype("float32")}
 with wwjax.count_compilations() as compiled:

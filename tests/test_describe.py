@@ -10,7 +10,9 @@ from flax import linen as nn
 from flax import nnx
 
 import wwjax
-from wwjax import _checkpoints, _engine, cli
+from wwjax import cli
+from wwjax.io import _checkpoints
+from wwjax.core import _engine
 from conftest import heavy_tailed
 
 PLAN_COLUMNS = ["path", "layer_type", "N", "M", "rf", "num_evals", "status", "reason"]

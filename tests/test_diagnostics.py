@@ -15,8 +15,8 @@ import scipy.stats
 
 import wwjax
 from conftest import GOLDEN, heavy_tailed
-from wwjax._layout import MatrixView, as_matrices
-from wwjax._randomize import as_key, leaf_seed, path_hash, shuffled
+from wwjax.core._layout import MatrixView, as_matrices
+from wwjax.diagnostics._randomize import as_key, leaf_seed, path_hash, shuffled
 
 MP_COLUMNS = ["num_spikes", "sigma_mp", "mp_softrank", "W_scale", "bulk_max", "bulk_min"]
 RAND_COLUMNS = ["max_rand_eval", "rand_distance", "ww_softrank", "ww_maxdist", "rand_num_spikes", "num_traps",
@@ -176,7 +176,7 @@ def test_non_finite_weights_give_missing_diagnostics():
 
 @pytest.mark.parametrize("n", [1, 2, 3, 17, 1000, 4097, 100003])
 def test_the_shuffle_permutation_is_a_bijection_and_depends_on_the_key(n):
-    from wwjax._randomize import random_permutation
+    from wwjax.diagnostics._randomize import random_permutation
 
     p = np.asarray(random_permutation(jax.random.key(n), n))
     np.testing.assert_array_equal(np.sort(p), np.arange(n))
@@ -186,7 +186,7 @@ def test_the_shuffle_permutation_is_a_bijection_and_depends_on_the_key(n):
 
 
 def test_every_element_lands_anywhere_with_equal_chance():
-    from wwjax._randomize import random_permutation
+    from wwjax.diagnostics._randomize import random_permutation
 
     perms = jax.vmap(lambda k: random_permutation(k, 10))(jax.random.split(jax.random.key(0), 4000))
     counts = np.bincount(np.asarray(jnp.argmax(perms == 0, axis=1)), minlength=10)
@@ -198,7 +198,7 @@ def test_elements_that_share_a_row_or_column_are_spread_as_by_chance():
     """The pair statistics that a matrix's spectrum sees: how often two elements from one row (or column) of W land
     in one row (or column) of the shuffle. A uniform shuffle gives a known mean; too few Feistel rounds do not (three
     rounds miss it by ~20 standard errors here, two by hundreds)."""
-    from wwjax._randomize import random_permutation
+    from wwjax.diagnostics._randomize import random_permutation
 
     N, M, seeds = 3000, 384, 8
     n = N * M

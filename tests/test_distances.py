@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 import wwjax
-from wwjax._safetensors import torch_to_flax
+from wwjax.io._safetensors import torch_to_flax
 
 from conftest import GOLDEN
 

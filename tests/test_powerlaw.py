@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from wwjax import fit_power_law
-from wwjax._powerlaw import candidate_fits
+from wwjax.core._powerlaw import candidate_fits
 
 
 def _pareto(n, alpha, seed=0):

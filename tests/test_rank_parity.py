@@ -19,8 +19,8 @@ import pytest
 
 import wwjax
 from conftest import GOLDEN
-from wwjax._details import RANK_UNDECIDED
-from wwjax._spectra import DOUBT_FACTOR, doubtful, eigenvalues, gram_floor, slice_spectra
+from wwjax.core._details import RANK_UNDECIDED
+from wwjax.core._spectra import DOUBT_FACTOR, doubtful, eigenvalues, gram_floor, slice_spectra
 
 CONFIGS = {"default": {}, "detx": {"detX": True}, "detx_pool_false": {"detX": True, "pool": False}}
 INTEGER_COLUMNS = ["matrix_rank", "rank_loss", "weak_rank_loss", "num_pl_spikes", "num_evals", "N", "M", "rf"]

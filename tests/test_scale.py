@@ -16,7 +16,7 @@ import pytest
 
 import wwjax
 from conftest import heavy_tailed
-from wwjax import _engine
+from wwjax.core import _engine
 
 WORKER = pathlib.Path(__file__).parent / "scale_worker.py"
 NUMERIC = ["alpha", "alpha_weighted", "D", "xmin", "xmax", "sigma", "lambda_max", "log_norm", "stable_rank",

@@ -20,8 +20,8 @@ import scipy.special
 
 import wwjax
 from conftest import GOLDEN
-from wwjax._fingers import esd_peak
-from wwjax._tpl import fit_truncated_power_law, log_upper_gamma, nelder_mead
+from wwjax.diagnostics._fingers import esd_peak
+from wwjax.diagnostics._tpl import fit_truncated_power_law, log_upper_gamma, nelder_mead
 
 TPL_CASES = ["dense_tall", "dense_wide", "heavy", "trained_query"]
 COLUMNS = ["alpha", "Lambda", "D", "xmin", "num_pl_spikes", "alpha_weighted", "lambda_max"]

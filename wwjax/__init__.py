@@ -2,58 +2,60 @@
 
 from typing import TYPE_CHECKING
 
-from wwjax._analyze import analyze as analyze
-from wwjax._compilation import CompilationCount as CompilationCount
-from wwjax._compilation import count_compilations as count_compilations
-from wwjax._compilation import enable_compilation_cache as enable_compilation_cache
-from wwjax._details import details as details
-from wwjax._details import summary as summary
-from wwjax._layout import MatrixView as MatrixView
-from wwjax._layout import path_matches as path_matches
-from wwjax._powerlaw import fit_power_law as fit_power_law
-from wwjax._results import LayerMetrics as LayerMetrics
-from wwjax._results import SkippedLeaf as SkippedLeaf
-from wwjax._safetensors import load_safetensors as load_safetensors
-from wwjax._smoothing import smoothing_ranks as smoothing_ranks  # advanced diagnostics
-from wwjax._smoothing import svd_sharpness as svd_sharpness
-from wwjax._smoothing import svd_smoothing as svd_smoothing
+# The core: the stages of an analysis and their data types.
+from wwjax.core import CompilationCount as CompilationCount
+from wwjax.core import LayerMetrics as LayerMetrics
+from wwjax.core import MatrixView as MatrixView
+from wwjax.core import SkippedLeaf as SkippedLeaf
+from wwjax.core import analyze as analyze
+from wwjax.core import count_compilations as count_compilations
+from wwjax.core import details as details
+from wwjax.core import enable_compilation_cache as enable_compilation_cache
+from wwjax.core import fit_power_law as fit_power_law
+from wwjax.core import path_matches as path_matches
+from wwjax.core import summary as summary
 
-# Training with spectra: the spectral norm penalty, power iteration, the conv operator norm.
-from wwjax._conv_operator import conv_operator_norm as conv_operator_norm
-from wwjax._monitor import SpectralMetrics as SpectralMetrics
-from wwjax._monitor import SpectralMonitorState as SpectralMonitorState
-from wwjax._monitor import monitor_spectra as monitor_spectra
-from wwjax._monitor import spectral_metrics as spectral_metrics
-from wwjax._penalty import SpectralPenalty as SpectralPenalty
-from wwjax._penalty import SpectralPenaltyState as SpectralPenaltyState
-from wwjax._penalty import add_spectral_penalty as add_spectral_penalty
-from wwjax._penalty import spectral_penalty as spectral_penalty
-from wwjax._power_iteration import PowerIteration as PowerIteration
-from wwjax._power_iteration import power_iteration as power_iteration
-from wwjax._power_iteration import top_singular as top_singular
-# --- optional diagnostics (mp_fit, randomize) ---
-from wwjax._mpfit import MarchenkoPasturFit as MarchenkoPasturFit
-from wwjax._mpfit import fit_marchenko_pastur as fit_marchenko_pastur
-from wwjax._randomize import jensen_shannon_distance as jensen_shannon_distance
-# --- end optional diagnostics ---
+# Optional analyses; importing them registers analyze()'s options (mp_fit, randomize, fix_fingers, fit, detX …).
+from wwjax.diagnostics import MarchenkoPasturFit as MarchenkoPasturFit
+from wwjax.diagnostics import fit_marchenko_pastur as fit_marchenko_pastur
+from wwjax.diagnostics import jensen_shannon_distance as jensen_shannon_distance
+from wwjax.diagnostics import smoothing_ranks as smoothing_ranks
+from wwjax.diagnostics import svd_sharpness as svd_sharpness
+from wwjax.diagnostics import svd_smoothing as svd_smoothing
 
-# Checkpoints, file formats and distances need pandas (and orbax): loaded when first used, so that `import wwjax`
-# stays quick for an analysis in a notebook or a one-shot command.
+# Training with spectra: the spectral norm penalty, power iteration, the monitor, the conv operator norm.
+from wwjax.training import PowerIteration as PowerIteration
+from wwjax.training import SpectralMetrics as SpectralMetrics
+from wwjax.training import SpectralMonitorState as SpectralMonitorState
+from wwjax.training import SpectralPenalty as SpectralPenalty
+from wwjax.training import SpectralPenaltyState as SpectralPenaltyState
+from wwjax.training import add_spectral_penalty as add_spectral_penalty
+from wwjax.training import conv_operator_norm as conv_operator_norm
+from wwjax.training import monitor_spectra as monitor_spectra
+from wwjax.training import power_iteration as power_iteration
+from wwjax.training import spectral_metrics as spectral_metrics
+from wwjax.training import spectral_penalty as spectral_penalty
+from wwjax.training import top_singular as top_singular
+
+# Weights on disk and runs: checkpoints, file formats and distances need pandas (and orbax): loaded when first used,
+# so that `import wwjax` stays quick for an analysis in a notebook or a one-shot command.
+from wwjax.io import load_safetensors as load_safetensors
+
 _LAZY = {
-    "CheckpointScan": "wwjax._checkpoints",
-    "analyze_checkpoint": "wwjax._checkpoints",
-    "scan_checkpoints": "wwjax._checkpoints",
-    "describe": "wwjax._describe",
-    "distances": "wwjax._distances",
-    "load_params": "wwjax._formats",
+    "CheckpointScan": "wwjax.io._checkpoints",
+    "analyze_checkpoint": "wwjax.io._checkpoints",
+    "scan_checkpoints": "wwjax.io._checkpoints",
+    "describe": "wwjax.io._describe",
+    "distances": "wwjax.io._distances",
+    "load_params": "wwjax.io._formats",
 }
 if TYPE_CHECKING:
-    from wwjax._checkpoints import CheckpointScan as CheckpointScan
-    from wwjax._checkpoints import analyze_checkpoint as analyze_checkpoint
-    from wwjax._checkpoints import scan_checkpoints as scan_checkpoints
-    from wwjax._describe import describe as describe
-    from wwjax._distances import distances as distances
-    from wwjax._formats import load_params as load_params
+    from wwjax.io._checkpoints import CheckpointScan as CheckpointScan
+    from wwjax.io._checkpoints import analyze_checkpoint as analyze_checkpoint
+    from wwjax.io._checkpoints import scan_checkpoints as scan_checkpoints
+    from wwjax.io._describe import describe as describe
+    from wwjax.io._distances import distances as distances
+    from wwjax.io._formats import load_params as load_params
 
 
 def __getattr__(name: str):

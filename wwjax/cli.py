@@ -253,8 +253,8 @@ def _summary_frame(means: dict) -> pd.DataFrame:
 
 def _run_analyze(args) -> None:
     import wwjax
-    from wwjax._formats import detect_format, load_params
-    from wwjax._progress import ProgressBar
+    from wwjax.io._formats import detect_format, load_params
+    from wwjax.io._progress import ProgressBar
 
     options = _analyze_options(args)
     kind = detect_format(args.path)
@@ -292,7 +292,7 @@ def _plot(result, directory: pathlib.Path) -> None:
     except ImportError:
         raise ValueError("--plot needs matplotlib (pip install 'wwjax[plot]')") from None
     import wwjax.plot
-    from wwjax import _results
+    from wwjax.core import _results
 
     directory.mkdir(parents=True, exist_ok=True)
     written = 0
@@ -324,7 +324,7 @@ def _run_scan(args) -> None:
 
 def _run_distances(args) -> None:
     import wwjax
-    from wwjax._formats import load_params
+    from wwjax.io._formats import load_params
 
     a = load_params(args.a, **({"step": args.step_a} if args.step_a is not None else {}))
     b = load_params(args.b, **({"step": args.step_b} if args.step_b is not None else {}))
@@ -367,7 +367,7 @@ def main(argv=None) -> int:
 
         jax.config.update("jax_enable_x64", True)
     if not getattr(args, "no_cache", True):  # a process of our own: keep its programs for the next run (never fails; see docs)
-        from wwjax._compilation import use_default_cache
+        from wwjax.core._compilation import use_default_cache
 
         use_default_cache()
     run = {"analyze": _run_analyze, "scan": _run_scan, "distances": _run_distances,

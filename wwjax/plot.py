@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from wwjax import _results
-from wwjax._mpfit import fit_marchenko_pastur
-from wwjax._powerlaw import EVALS_THRESH, candidate_fits
+from wwjax.core import _results
+from wwjax.diagnostics._mpfit import fit_marchenko_pastur
+from wwjax.core._powerlaw import EVALS_THRESH, candidate_fits
 
 __all__ = ("esd", "ks_alpha", "layers", "mp_fit", "randomized_esd")
 
@@ -242,7 +242,7 @@ def layers(result, metric: str = "alpha", *, ax=None, save=None):
       >>> len(wwjax.plot.layers(result).axes[0].lines[0].get_xdata())
       3
     """
-    from wwjax._details import details
+    from wwjax.core._details import details
 
     table = details(result)
     table = table[table.status != "skipped"]

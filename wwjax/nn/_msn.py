@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from wwjax._layout import MatrixView, as_matrices
-from wwjax._power_iteration import PowerIteration, initial_vectors, power_iteration
+from wwjax.core._layout import MatrixView, as_matrices
+from wwjax.training._power_iteration import PowerIteration, initial_vectors, power_iteration
 
 
 def kernel_view(ndim: int) -> MatrixView:

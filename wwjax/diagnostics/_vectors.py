@@ -23,8 +23,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
-from wwjax._conv_fft import frequency_matrices
-from wwjax._layout import MatrixView, as_matrices
+from wwjax.diagnostics._conv_fft import frequency_matrices
+from wwjax.core._layout import MatrixView, as_matrices
 
 ENTROPY_BINS = 100
 ENTROPY_EPSILON = 1e-10
@@ -124,7 +124,7 @@ def leaf_vector_metrics(
       (True, True)
     """
     del method
-    from wwjax._spectra import compute_dtype
+    from wwjax.core._spectra import compute_dtype
 
     dtype = compute_dtype(None)
     return _leaf_vectors(

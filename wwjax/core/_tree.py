@@ -13,7 +13,7 @@ from typing import Any
 
 import jax
 
-from wwjax._layout import ConvertedArray, LeafInfo, MatrixView, module_kernel_view
+from wwjax.core._layout import ConvertedArray, LeafInfo, MatrixView, module_kernel_view
 
 
 def key_name(key) -> str:

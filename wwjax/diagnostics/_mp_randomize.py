@@ -26,13 +26,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wwjax import _results
-from wwjax._layout import MatrixView, as_matrices
-from wwjax._mpfit import MarchenkoPasturFit, fit_marchenko_pastur_rows
-from wwjax._randomize import (
+from wwjax.core import _results
+from wwjax.core._layout import MatrixView, as_matrices
+from wwjax.diagnostics._mpfit import MarchenkoPasturFit, fit_marchenko_pastur_rows
+from wwjax.diagnostics._randomize import (
     as_key, jensen_shannon_distance, leaf_seed, num_replicas, path_hash, permutations, permuted, trap_threshold,
 )
-from wwjax._spectra import slice_spectra
+from wwjax.core._spectra import slice_spectra
 
 MP_COLUMNS = ("num_spikes", "sigma_mp", "mp_softrank", "W_scale", "bulk_max", "bulk_min")
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pathlib
 
-from wwjax import _checkpoints, _results
-from wwjax._safetensors import load_safetensors
+from wwjax.io import _checkpoints
+from wwjax.core import _results
+from wwjax.io._safetensors import load_safetensors
 
 FORMATS = ("orbax", "msgpack", "safetensors")
 

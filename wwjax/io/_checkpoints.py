@@ -5,45 +5,36 @@ For each step: read the tree metadata (shapes and dtypes, no array data) → pla
 other leaf an Orbax placeholder, so the optimizer state is never read) → analyse the bucket → drop it. Peak memory
 is about one bucket, whatever the size of the run.
 
-Layouts read: ``CheckpointManager`` step directories (the ``default`` item or named items), ``StandardCheckpointer``
-/ ``PyTreeCheckpointer`` output, linen ``TrainState``-style trees (``params`` beside ``opt_state``), ``nnx.State``
-(whose paths end in ``value``) and Orbax's v1 layout (``ocp.v1.save`` / ``ocp.v1.training.Checkpointer``), which
-keeps the same PyTree format in a checkpointable subdirectory.
+Steps and items are found by :mod:`wwjax.io._steps`, metadata read and leaves restored by :mod:`wwjax.io._restore`;
+linen ``TrainState``-style trees (``params`` beside ``opt_state``) and ``nnx.State`` (whose paths end in ``value``)
+are read as their params.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import json
-import logging
-import math
 import pathlib
-import re
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-import jax
 import numpy as np
 import pandas as pd
 
-from wwjax import _results
-from wwjax._analyze import _PlannedLeaf, analyze, plan
-from wwjax._details import details, summary
-from wwjax._distances import distances
-from wwjax._layout import LeafInfo
-from wwjax._options import make_options
-from wwjax._compilation import use_default_cache
-from wwjax._progress import ProgressBar
-from wwjax._tree import flatten_params
+from wwjax.core import _results
+from wwjax.core._analyze import _PlannedLeaf, analyze, plan
+from wwjax.core._details import details, summary
+from wwjax.io._distances import distances
+from wwjax.core._options import make_options
+from wwjax.core._compilation import use_default_cache
+from wwjax.io._progress import ProgressBar
+from wwjax.core._tree import flatten_params
+from wwjax.io._restore import (  # noqa: F401  (describe reads the metadata through this module)
+    _OPTIMIZER_KEYS, CheckpointUsageError, _checkpoint_leaves, _metadata_tree, _restore, buckets_of,
+)
+from wwjax.io._steps import _is_pytree_dir, _locate, _resolve_item, _Step, _step_metrics, list_steps  # noqa: F401
 
 DEFAULT_BUCKET_BYTES = 1 << 28  # 256 MiB of weights restored at once
 PROGRESS_DELAY = 0.5  # seconds a scan runs before its progress bar appears
 # Item names tried, in order, when a step holds several PyTree items and none is named.
-_PREFERRED_ITEMS = ("default", "state", "train_state", "params", "model", "pytree")
-_OPTIMIZER_KEYS = frozenset({"opt_state", "optimizer", "opt", "optim", "optimizer_state", "tx_state"})
-_TMP_STEP = re.compile(r"^(?:.*?_)?(\d+)\.orbax-checkpoint-tmp")
-_STEP = re.compile(r"^(?:.+_)?(\d+)$")
 
 
 class CheckpointScan(NamedTuple):
@@ -60,233 +51,6 @@ class CheckpointScan(NamedTuple):
 
     details: pd.DataFrame
     summary: pd.DataFrame
-
-
-@dataclasses.dataclass(frozen=True)
-class _Step:
-    step: int | None
-    path: pathlib.Path
-    finalized: bool = True
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Finding steps and items
-
-
-def list_steps(directory) -> list[_Step]:
-    """The steps of a ``CheckpointManager`` directory, finalised or not, in step order (no array is read).
-
-    A step directory is named by its step (``100``, or ``<prefix>_100``); a save that has not finished is a
-    ``100.orbax-checkpoint-tmp-<timestamp>`` directory, listed with ``finalized=False`` unless the step also exists
-    finalised.
-    """
-    directory = pathlib.Path(directory).absolute()  # Orbax reads relative paths wrongly
-    found: dict[int, _Step] = {}
-    for entry in sorted(directory.iterdir()):
-        if not entry.is_dir():
-            continue
-        if match := _TMP_STEP.match(entry.name):
-            step = int(match.group(1))
-            found.setdefault(step, _Step(step, entry, finalized=False))
-        elif (match := _STEP.match(entry.name)) and _looks_like_step(entry):
-            step = int(match.group(1))
-            found[step] = _Step(step, entry)
-    return [found[s] for s in sorted(found)]
-
-
-def _looks_like_step(path: pathlib.Path) -> bool:
-    """Orbax wrote it: step metadata, a PyTree, or an item directory holding one (not e.g. a ``logs_2`` folder)."""
-    markers = ("_CHECKPOINT_METADATA", "_METADATA", "commit_success.txt")
-    return any((path / m).exists() for m in markers) or any(
-        (p / "_METADATA").exists() for p in path.iterdir() if p.is_dir())
-
-
-def _is_pytree_dir(path: pathlib.Path) -> bool:
-    return (path / "_METADATA").is_file()
-
-
-def _resolve_item(step_dir: pathlib.Path, item: str | None) -> pathlib.Path:
-    """The PyTree item directory of a step directory (or ``step_dir`` itself when it is one)."""
-    if _is_pytree_dir(step_dir) and item is None:
-        return step_dir
-    items = sorted(p.name for p in step_dir.iterdir() if p.is_dir() and _is_pytree_dir(p))
-    if item is not None:
-        if item not in items:
-            raise ValueError(f"{step_dir}: no PyTree item {item!r} (items: {', '.join(items) or 'none'})")
-        return step_dir / item
-    if len(items) == 1:
-        return step_dir / items[0]
-    for name in _PREFERRED_ITEMS:
-        if name in items:
-            return step_dir / name
-    if not items:
-        raise ValueError(f"{step_dir} holds no Orbax PyTree checkpoint (no _METADATA in it or in its subdirectories)")
-    raise ValueError(f"{step_dir} holds several PyTree items ({', '.join(items)}); pass item= to pick one")
-
-
-def _locate(path, step: int | None, item: str | None) -> tuple[int | None, pathlib.Path]:
-    """Resolves a run directory (+ step), a step directory or an item directory to ``(step, item directory)``."""
-    path = pathlib.Path(path).absolute()  # Orbax reads relative paths wrongly
-    if not path.exists():
-        raise FileNotFoundError(f"no such checkpoint: {path}")
-    if not path.is_dir():
-        raise ValueError(f"{path} is a file, not an Orbax checkpoint directory")
-    own_step = int(m.group(1)) if (m := _STEP.match(path.name)) else None
-    if _is_pytree_dir(path) or any(_is_pytree_dir(p) for p in path.iterdir() if p.is_dir()):
-        if step is not None and step != own_step:
-            raise ValueError(f"{path} is a single checkpoint (step {own_step}); step={step} asks for another")
-        return own_step, _resolve_item(path, item)
-    steps = [s for s in list_steps(path) if s.finalized]
-    if not steps:
-        raise ValueError(f"{path} is neither an Orbax checkpoint nor a directory of finalised checkpoint steps")
-    if step is None:
-        chosen = steps[-1]
-    else:
-        chosen = next((s for s in steps if s.step == step), None)
-        if chosen is None:
-            raise ValueError(f"{path} has no finalised step {step} (steps: {[s.step for s in steps]})")
-    return chosen.step, _resolve_item(chosen.path, item)
-
-
-def _step_metrics(step_dir: pathlib.Path) -> dict:
-    """Scalar metrics a step stored: a JSON ``metrics`` item, or the manager's ``metrics`` in its metadata."""
-    found = {}
-    try:
-        meta = json.loads((step_dir / "_CHECKPOINT_METADATA").read_text())
-        found.update(meta.get("metrics") or {})
-    except (OSError, ValueError):
-        pass
-    item = step_dir / "metrics" / "metrics"
-    if item.is_file():
-        try:
-            found.update(json.loads(item.read_text()))
-        except ValueError:
-            pass
-    return {f"metrics/{k}": v for k, v in found.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Metadata, selection and bucketed restore
-
-
-@dataclasses.dataclass(frozen=True)
-class _CheckpointLeaf:
-    key: str  # jax.tree_util.keystr of the leaf in the checkpoint tree: identifies it in a restore target
-    info: LeafInfo
-    ignored: str | None  # why the leaf is not read (optimizer state, outside params), else None
-
-
-class CheckpointUsageError(ValueError):
-    """A mistake in the call (not in one step's files): raised at once rather than turned into a ``failed`` row."""
-
-
-@contextlib.contextmanager
-def _checkpointer():
-    """Orbax's PyTree checkpointer, with its warning about reading an item directory (no step metadata) hushed."""
-    import orbax.checkpoint as ocp
-
-    absl = logging.getLogger("absl")
-    level = absl.level
-    absl.setLevel(logging.ERROR)
-    try:
-        with ocp.PyTreeCheckpointer() as checkpointer:
-            yield checkpointer
-    finally:
-        absl.setLevel(level)
-
-
-def _metadata_tree(item_dir: pathlib.Path):
-    with _checkpointer() as checkpointer:
-        metadata = checkpointer.metadata(item_dir)
-    metadata = getattr(metadata, "item_metadata", metadata)
-    tree = getattr(metadata, "tree", metadata)
-    if tree is None:
-        raise ValueError(f"{item_dir}: Orbax found no tree metadata")
-    return tree
-
-
-def _ignored_reason(keys: tuple[str, ...], top: set[str], subtree: tuple[str, ...] | None) -> str | None:
-    if subtree is not None:
-        return None if keys[: len(subtree)] == subtree else f"outside subtree={'/'.join(subtree)!r} (not read)"
-    if "params" in top:
-        return None if keys[0] == "params" else (
-            "optimizer state (not read)" if keys[0] in _OPTIMIZER_KEYS else "not under 'params' (not read)")
-    if "model" in top:
-        return None if keys[0] == "model" else (
-            "optimizer state (not read)" if keys[0] in _OPTIMIZER_KEYS else "not under 'model' (not read)")
-    if any(k in _OPTIMIZER_KEYS for k in keys[:-1]):
-        return "optimizer state (not read)"
-    return None
-
-
-def _checkpoint_leaves(tree, subtree: str | None) -> list[_CheckpointLeaf]:
-    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-    from wwjax._tree import key_name
-
-    names = [tuple(key_name(k) for k in path) for path, _ in flat]
-    # nnx.State keeps each Variable's ``value`` level in the saved paths: drop it, as wwjax.analyze does.
-    if names and all(n and n[-1] == "value" and len(n) > 1 for n in names):
-        names = [n[:-1] for n in names]
-    top = {n[0] for n in names if n}
-    wanted = tuple(subtree.strip("/").split("/")) if subtree else None
-    if wanted is not None and not any(n[: len(wanted)] == wanted for n in names):
-        raise ValueError(f"subtree={subtree!r} is not in the checkpoint (top-level keys: {sorted(top)})")
-    leaves = []
-    for (path, meta), keys in zip(flat, names):
-        shape = tuple(meta.shape) if hasattr(meta, "shape") and getattr(meta, "dtype", None) is not None else None
-        dtype = meta.dtype if shape is not None else None
-        info = LeafInfo(path="/".join(keys), keys=keys, shape=shape, dtype=dtype)
-        leaves.append(_CheckpointLeaf(jax.tree_util.keystr(path), info, _ignored_reason(keys, top, wanted)))
-    return leaves
-
-
-def _mesh_sharding(shape: tuple[int, ...], mesh):
-    """Where a restored leaf lives on ``mesh``: its first axis split over every device when it divides (each
-    process then reads only its own rows), else replicated."""
-    from jax.sharding import NamedSharding
-    from jax.sharding import PartitionSpec as P
-
-    split = len(shape) >= 2 and shape[0] % mesh.size == 0
-    return NamedSharding(mesh, P(tuple(mesh.axis_names)) if split else P())
-
-
-def _restore(item_dir: pathlib.Path, tree, keys: set[str], mesh=None) -> dict[str, Any]:
-    """Restores only the leaves whose keystr is in ``keys``, as numpy arrays (or, with a ``mesh``, as global arrays
-    sharded over it, each process reading its shards); every other leaf stays on disk."""
-    import orbax.checkpoint as ocp
-
-    if not hasattr(ocp, "PLACEHOLDER"):  # pragma: no cover - old Orbax
-        raise RuntimeError("restoring part of a checkpoint needs orbax-checkpoint >= 0.11.11 (ocp.PLACEHOLDER)")
-    target = jax.tree_util.tree_map_with_path(
-        lambda p, m: m if jax.tree_util.keystr(p) in keys else ocp.PLACEHOLDER, tree)
-    if mesh is None:
-        restore_args = jax.tree_util.tree_map(lambda m: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-    else:
-        restore_args = jax.tree_util.tree_map_with_path(
-            lambda p, m: ocp.ArrayRestoreArgs(sharding=_mesh_sharding(tuple(m.shape), mesh))
-            if jax.tree_util.keystr(p) in keys else ocp.RestoreArgs(restore_type=np.ndarray), tree)
-    with _checkpointer() as checkpointer:
-        restored = checkpointer.restore(item_dir, args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args))
-    return {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_flatten_with_path(restored)[0]
-            if jax.tree_util.keystr(p) in keys}
-
-
-def _nbytes(info: LeafInfo) -> int:
-    return math.prod(info.shape) * np.dtype(info.dtype).itemsize
-
-
-def buckets_of(planned: list[_PlannedLeaf], bucket_bytes: int) -> list[list[_PlannedLeaf]]:
-    """Analysed leaves in matrix-shape order, cut into runs of at most ``bucket_bytes`` (a bigger leaf goes alone)."""
-    ordered = sorted(planned, key=lambda p: (p.shape.N, p.shape.M, p.info.path))
-    out, current, size = [], [], 0
-    for leaf in ordered:
-        nbytes = _nbytes(leaf.info)
-        if current and size + nbytes > bucket_bytes:
-            out.append(current)
-            current, size = [], 0
-        current.append(leaf)
-        size += nbytes
-    return out + ([current] if current else [])
 
 
 def _nest(pairs) -> dict:

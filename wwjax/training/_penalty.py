@@ -25,13 +25,13 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from wwjax import _results
-from wwjax._conv_operator import conv_frequency_matrices
-from wwjax._analyze import view_or_skip
-from wwjax._layout import MatrixView, as_matrices
-from wwjax._options import _as_patterns
-from wwjax._power_iteration import initial_vectors, power_iteration, top_singular
-from wwjax._tree import flatten_params
+from wwjax.core import _results
+from wwjax.training._conv_operator import conv_frequency_matrices
+from wwjax.core._analyze import view_or_skip
+from wwjax.core._layout import MatrixView, as_matrices
+from wwjax.core._options import _as_patterns
+from wwjax.training._power_iteration import initial_vectors, power_iteration, top_singular
+from wwjax.core._tree import flatten_params
 
 CONV_MODES = ("reshape", "slices", "fft")
 _CONV_TYPES = ("conv1d", "conv2d", "conv3d")

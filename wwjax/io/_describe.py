@@ -13,11 +13,11 @@ import pathlib
 
 import pandas as pd
 
-from wwjax import _results
-from wwjax._analyze import _PlannedLeaf, plan
-from wwjax._layout import view_in_words
-from wwjax._options import make_options
-from wwjax._tree import flatten_params
+from wwjax.core import _results
+from wwjax.core._analyze import _PlannedLeaf, plan
+from wwjax.core._layout import view_in_words
+from wwjax.core._options import make_options
+from wwjax.core._tree import flatten_params
 
 COLUMNS = ("path", "shape", "layer_type", "view", "num_layers", "N", "M", "rf", "num_evals", "status", "reason",
            "warning")
@@ -42,7 +42,7 @@ def _table(nodes: list[_PlannedLeaf | _results.SkippedLeaf]) -> pd.DataFrame:
 
 
 def _orbax_plan(path: pathlib.Path, opts, step, item, subtree) -> list:
-    from wwjax import _checkpoints
+    from wwjax.io import _checkpoints
 
     _, item_dir = _checkpoints._locate(path, step, item)
     leaves = _checkpoints._checkpoint_leaves(_checkpoints._metadata_tree(item_dir), subtree)
@@ -88,7 +88,7 @@ def describe(params, *, step: int | None = None, item: str | None = None, subtre
     """
     opts = make_options(**options)
     if isinstance(params, (str, os.PathLike)):
-        from wwjax._formats import detect_format, load_params
+        from wwjax.io._formats import detect_format, load_params
 
         path = pathlib.Path(params).absolute()
         if detect_format(path) == "orbax":

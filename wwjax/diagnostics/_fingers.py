@@ -1,6 +1,6 @@
 """Power-law fits that resist "fingers": a few outlying eigenvalues at the top of the ESD that inflate α.
 
-Two remedies, both on top of the vectorised WWFit of :mod:`wwjax._powerlaw`:
+Two remedies, both on top of the vectorised WWFit of :mod:`wwjax.core._powerlaw`:
 
 * ``clip_xmax``: fit with the ``f`` largest eigenvalues left out, for every ``f = 0 … max_fingers`` at once (one
   vmapped fit per ``f``); the first ``f`` whose α drops by more than ``finger_thresh`` below the unclipped α wins,
@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
-from wwjax._powerlaw import EVALS_THRESH, PowerLawFit, candidate_fits, fit_power_law
+from wwjax.core._powerlaw import EVALS_THRESH, PowerLawFit, candidate_fits, fit_power_law
 
 MIN_ALPHA = 2.0  # clip_xmax stops clipping once α falls to this (WeightWatcher's min_alpha)
 PEAK_BINS = 100  # bins of the log10 histogram whose mode locates the ESD peak

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wwjax import _results
+from wwjax.core import _results
 
 if TYPE_CHECKING:  # pandas is imported by details() itself: `import wwjax` and summary() do without it
     import pandas as pd

@@ -13,6 +13,7 @@ of P, which is not the operator's spectrum.)
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
@@ -20,8 +21,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Complex, Float
 
-from wwjax._layout import MatrixView, matrix_shape
-from wwjax._spectra import SliceSpectra, per_matrix, rank_tolerance
+from wwjax.core._layout import MatrixView, matrix_shape
+from wwjax.core._spectra import SliceSpectra, per_matrix, rank_tolerance
 
 
 def frequency_matrices(leaf: Float[Array, "..."], view: MatrixView, grid: int) -> Complex[Array, "layers freqs n m"]:
@@ -96,3 +97,31 @@ def operator_spectra(leaf, view: MatrixView, grid: int, method: str, dtype):
 def num_frequencies(view: MatrixView, grid: int) -> int:
     """How many per-frequency matrices a conv leaf has on a ``grid^d`` input."""
     return int(math.prod([grid] * len(view.slice_axes)))
+
+
+_CONV_TYPES = ("conv1d", "conv2d", "conv3d")
+
+
+@dataclasses.dataclass(frozen=True)
+class OperatorSolver:
+    """``conv2d_fft``'s solve of a conv leaf (a :class:`wwjax.core.MatrixSolver`): the operator's per-frequency
+    matrices on a ``fft_size``-wide grid, solved together instead of in a shape bucket."""
+
+    fft_size: int
+
+    def __call__(self, value, view: MatrixView, method: str, dtype) -> tuple:
+        evals, rank, finite = operator_spectra(value, view, self.fft_size, method, dtype)
+        return evals, rank, finite.reshape(-1)
+
+
+def plan_operator(leaf, opts):
+    """The plan hook of ``conv2d_fft``: a conv leaf's "slices" become the operator's frequencies, or it is skipped
+    when its kernel does not fit the grid; any other leaf (or the option off) is left as it is."""
+    view = leaf.view
+    if not opts.conv2d_fft or view.layer_type not in _CONV_TYPES:
+        return leaf
+    kernel_size = tuple(leaf.info.shape[a] for a in view.slice_axes)
+    if max(kernel_size, default=0) > opts.fft_size:
+        return f"kernel {kernel_size} larger than the input grid fft_size={opts.fft_size} (raise fft_size)"
+    shape = dataclasses.replace(leaf.shape, num_slices=num_frequencies(view, opts.fft_size))
+    return dataclasses.replace(leaf, shape=shape, solver=OperatorSolver(opts.fft_size))

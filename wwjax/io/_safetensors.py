@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-from wwjax._layout import ConvertedArray, MatrixView, conv_view
+from wwjax.core._layout import ConvertedArray, MatrixView, conv_view
 
 
 def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:

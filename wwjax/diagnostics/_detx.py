@@ -7,6 +7,7 @@ smallest eigenvalue ``detX_val``. The product is taken as a sum of logs, so it n
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import jax.numpy as jnp
@@ -50,3 +51,20 @@ def detx(evals: Float[Array, " n"], num_valid: int | Int[Array, ""] | None = Non
     num = jnp.where(degenerate, 0, num)
     at = jnp.where(degenerate, jnp.minimum(first, size - 1), at)
     return DetX(detX_num=num, detX_val=evals[at], detX_val_rescaled=rescaled[at])
+
+
+@dataclasses.dataclass(frozen=True)
+class DetXColumns:
+    """``detX=True``'s per-row columns, computed in the core's row program after the fit (a static, hashable
+    :class:`wwjax.core.RowColumns`): ``detX_num``, ``detX_val``, ``detX_val_rescaled``, ``num_ERG_spikes`` and
+    ``ERG_gap`` (``detX_num`` minus the power law's ``num_pl_spikes``)."""
+
+    def __call__(self, evals: Float[Array, " n"], num_valid: Int[Array, ""], fit) -> dict:
+        d = detx(evals, num_valid)
+        return dict(
+            detX_num=d.detX_num,
+            detX_val=d.detX_val,
+            detX_val_rescaled=d.detX_val_rescaled,
+            num_ERG_spikes=d.detX_num,
+            ERG_gap=jnp.where(fit.ok, d.detX_num - fit.num_pl_spikes, jnp.nan).astype(evals.dtype),
+        )

@@ -29,13 +29,13 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from wwjax import _results
-from wwjax._analyze import _PlannedLeaf, _row_labels, plan
-from wwjax._details import _natural_key
-from wwjax._layout import MatrixView, matrix_shape
-from wwjax._options import make_options
-from wwjax._spectra import compute_dtype
-from wwjax._tree import flatten_params
+from wwjax.core import _results
+from wwjax.core._analyze import _PlannedLeaf, _row_labels, plan
+from wwjax.core._details import _natural_key
+from wwjax.core._layout import MatrixView, matrix_shape
+from wwjax.core._options import make_options
+from wwjax.core._spectra import compute_dtype
+from wwjax.core._tree import flatten_params
 
 if TYPE_CHECKING:  # imported where the table is made: `import wwjax` does without pandas
     import pandas as pd

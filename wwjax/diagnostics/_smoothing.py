@@ -16,16 +16,15 @@ A convolution's rank ``k`` is shared among its ``rf`` kernel positions: each kee
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wwjax import _results
-from wwjax._layout import MatrixView, as_matrices, matrix_shape
-from wwjax._tree import _is_box, flatten_params
+from wwjax.core import _results
+from wwjax.core._layout import MatrixView, as_matrices, matrix_shape
+from wwjax.core._tree import _is_box, flatten_params
 
 METHODS = {"svd": "svd", "detX": "detX", "alpha_min": "alpha_min", "pl_spikes": "alpha_min", "rmt": "rmt",
            "mp_spikes": "rmt"}
@@ -76,21 +75,21 @@ def _method(method: str) -> str:
 
 
 def _default_result(params, kind: str, layers):
-    from wwjax._analyze import analyze
-    from wwjax._options import AnalyzeOptions
+    from wwjax.core._analyze import analyze
+    from wwjax.core._contributions import option_defaults
 
     options = dict(layers=layers, conv2d_norm=False)  # WeightWatcher chooses the rank on the unscaled ESD
     if kind == "detX":
         options["detX"] = True
     if kind == "rmt":
-        if "mp_fit" not in {f.name for f in dataclasses.fields(AnalyzeOptions)}:
+        if "mp_fit" not in option_defaults():
             raise ValueError("method='rmt' needs the MP fit: pass result=wwjax.analyze(params, mp_fit=True)")
         options["mp_fit"] = True
     return analyze(params, **options)
 
 
 def from_matrices(stack, view: MatrixView, shape) -> jax.Array:
-    """The inverse of :func:`wwjax._layout.as_matrices`: ``(layers, slices, N, M)`` back to the leaf's layout.
+    """The inverse of :func:`wwjax.core._layout.as_matrices`: ``(layers, slices, N, M)`` back to the leaf's layout.
 
     Example:
       >>> import jax.numpy as jnp
@@ -156,7 +155,7 @@ def apply_ranks(params, result, ranks: dict[str, np.ndarray]):
 
 
 def _view_of(params, path: str, views=None, stacked=()) -> MatrixView:
-    from wwjax._layout import classify_leaf
+    from wwjax.core._layout import classify_leaf
 
     for info, _, _ in flatten_params(params):
         if info.path == path:
@@ -217,10 +216,10 @@ def svd_sharpness(params, key=None, *, result=None, layers=()):
       True
     """
     if result is None:
-        from wwjax._analyze import analyze
-        from wwjax._options import AnalyzeOptions
+        from wwjax.core._analyze import analyze
+        from wwjax.core._contributions import option_defaults
 
-        if "randomize" not in {f.name for f in dataclasses.fields(AnalyzeOptions)}:
+        if "randomize" not in option_defaults():
             raise ValueError("svd_sharpness needs the randomized analysis: pass result=wwjax.analyze(params, "
                              "randomize=True, key=key)")
         result = analyze(params, randomize=True, key=key, conv2d_norm=False, layers=layers)

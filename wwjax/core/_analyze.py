@@ -17,19 +17,15 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from wwjax import _engine, _results
-from wwjax._layout import LeafInfo, MatrixShape, MatrixView, matrix_shape, read_leaf
-from wwjax._layout import skip_reason_for_dtype
-from wwjax._diagnostics import add_diagnostics
-from wwjax._options import AnalyzeOptions, layer_selected, make_options
-from wwjax._spectra import compute_dtype, rank_tolerance, resolve_method
-from wwjax._tree import flatten_params
-
-# --- advanced diagnostics (fingers, detX, inverse, conv operator spectrum, eigenvectors) ---
-from wwjax._conv_fft import num_frequencies
-from wwjax._tail import TailOptions
-from wwjax._vectors import leaf_vector_metrics
-# --- end advanced diagnostics ---
+from wwjax.core import _engine
+from wwjax.core import _results
+from wwjax.core._layout import LeafInfo, MatrixShape, MatrixView, matrix_shape, read_leaf
+from wwjax.core._layout import skip_reason_for_dtype
+from wwjax.core._options import AnalyzeOptions, layer_selected, make_options
+from wwjax.core._spectra import compute_dtype, rank_tolerance, resolve_method
+from wwjax.core._tree import flatten_params
+from wwjax.core._contributions import ColumnsInput, contributions, row_columns, single_strategy
+from wwjax.core._fit import POWER_LAW
 
 _CONV_TYPES = ("conv1d", "conv2d", "conv3d")
 
@@ -40,7 +36,7 @@ class _PlannedLeaf:
     view: MatrixView
     shape: MatrixShape
     pooled: bool = True
-    fft_size: int = 0  # conv2d_fft: the input grid; the "slices" are then the operator's frequencies
+    solver: Any = None  # a contribution's own solve of the leaf (conv2d_fft), instead of a shape bucket
     warning: str = ""  # the reading rests on a guess (a 3-D kernel read by its name …): which, and how to change it
 
     @property
@@ -106,22 +102,21 @@ def plan(leaves: list[tuple[LeafInfo, Any, str | None]], opts: AnalyzeOptions) -
             planned.append(view)
             continue
         leaf = _PlannedLeaf(info, view, matrix_shape(info.shape, view), pooled=opts.pool, warning=warning)
-        if opts.conv2d_fft and view.layer_type in _CONV_TYPES:  # advanced diagnostics: the conv operator
-            kernel_size = tuple(info.shape[a] for a in view.slice_axes)
-            if max(kernel_size, default=0) > opts.fft_size:
-                planned.append(skipped(f"kernel {kernel_size} larger than the input grid fft_size={opts.fft_size} "
-                                       "(raise fft_size)", layer_type=view.layer_type))
-                continue
-            shape = dataclasses.replace(leaf.shape, num_slices=num_frequencies(view, opts.fft_size))
-            leaf = dataclasses.replace(leaf, shape=shape, fft_size=opts.fft_size)
-        reason = _size_skip(leaf, opts)
+        reason = None
+        for contribution in contributions():  # a different plan of the leaf (conv2d_fft), or a reason to skip it
+            if contribution.plan is not None:
+                leaf = contribution.plan(leaf, opts)
+                if isinstance(leaf, str):
+                    reason = leaf
+                    break
+        reason = reason or _size_skip(leaf, opts)
         planned.append(skipped(reason, layer_type=view.layer_type) if reason else leaf)
     return planned
 
 
 def _conv_scale(leaf: _PlannedLeaf, opts: AnalyzeOptions) -> float:
     """WeightWatcher's ``conv2d_norm``: conv eigenvalues × 1/2 when pooled, × rf/2 per kernel position."""
-    if not opts.conv2d_norm or leaf.view.layer_type not in _CONV_TYPES or leaf.fft_size:
+    if not opts.conv2d_norm or leaf.view.layer_type not in _CONV_TYPES or leaf.solver is not None:
         return 1.0
     return 0.5 if opts.pool else leaf.shape.num_slices / 2.0
 
@@ -132,8 +127,8 @@ def _engine_plan(leaf: _PlannedLeaf, opts: AnalyzeOptions, method: str, dtype) -
         shape=leaf.shape,
         pool=opts.pool,
         scale=_conv_scale(leaf, opts),
-        rank_tol=rank_tolerance(method, leaf.shape.N, leaf.shape.M, dtype, refined=not leaf.fft_size),
-        fft_size=leaf.fft_size,
+        rank_tol=rank_tolerance(method, leaf.shape.N, leaf.shape.M, dtype, refined=leaf.solver is None),
+        solver=leaf.solver,
     )
 
 
@@ -145,6 +140,19 @@ def _row_labels(leaf: _PlannedLeaf) -> tuple[tuple, tuple]:
     layer_index = tuple(l if stacked else None for l in range(L) for _ in range(K))
     slice_id = tuple(k for _ in range(L) for k in range(K))
     return layer_index, slice_id
+
+
+def _add_columns(leaves: list[_PlannedLeaf], values: list, metrics: list[dict], opts: AnalyzeOptions,
+                 method: str) -> list[dict]:
+    """The contributions' columns after the fit (mp_fit, randomize, vectors …), each merged into ``extra``."""
+    scales = [_conv_scale(leaf, opts) for leaf in leaves]
+    for contribution in contributions():
+        if contribution.columns is None:
+            continue
+        extras = contribution.columns(ColumnsInput(leaves, values, metrics, opts, method, scales))
+        if extras is not None:
+            metrics = [dict(m, extra={**m.get("extra", {}), **extra}) for m, extra in zip(metrics, extras)]
+    return metrics
 
 
 def analyze(params, **options):
@@ -231,20 +239,11 @@ def analyze(params, **options):
             tolerance=float(opts.tolerance),
             max_bucket_bytes=opts.max_bucket_bytes,
             mesh=opts.mesh,
-            tail=TailOptions.from_options(opts),
-            inverse=opts.inverse,
+            row_fit=single_strategy("row_fit", opts) or POWER_LAW,
+            row_columns=row_columns(opts),
+            esd_transform=single_strategy("esd_transform", opts),
         )
-        # --- optional diagnostics: mp_fit, randomize (wwjax/_diagnostics.py) ---
-        metrics = add_diagnostics([p for p, _ in analysed], values, metrics, opts,
-                                  method=method, scales=[_conv_scale(p, opts) for p, _ in analysed])
-        # --- end optional diagnostics ---
-        if opts.vectors:  # advanced diagnostics: eigenvector localisation, split at each row's xmin
-            for (leaf, value), m in zip(analysed, metrics):
-                m["extra"].update(leaf_vector_metrics(
-                    jax.device_put(value), leaf.view, scale=_conv_scale(leaf, opts), pool=opts.pool,
-                    num_tail=jnp.where(jnp.isnan(m["xmin"]), -1, jnp.sum(m["esd"] >= m["xmin"][:, None], axis=1)),
-                    fft_size=leaf.fft_size, method=method,
-                ))
+        metrics = _add_columns([p for p, _ in analysed], values, metrics, opts, method)
         for leaf, m in zip((p for p, _ in analysed), metrics):
             layer_index, slice_id = _row_labels(leaf)
             nodes[leaf.info.path] = _results.LayerMetrics(

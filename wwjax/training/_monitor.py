@@ -15,9 +15,9 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
-from wwjax import _results
-from wwjax._analyze import analyze
-from wwjax._details import summary
+from wwjax.core import _results
+from wwjax.core._analyze import analyze
+from wwjax.core._details import summary
 
 
 class SpectralMetrics(NamedTuple):

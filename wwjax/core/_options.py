@@ -8,13 +8,15 @@ from collections.abc import Callable, Mapping, Sequence
 
 from jax.sharding import Mesh
 
-from wwjax._layout import LAYER_TYPES, MatrixView
-from wwjax._spectra import SVD_METHODS
+from wwjax.core._layout import LAYER_TYPES, MatrixView
+from wwjax.core._contributions import contributions, option_defaults
+from wwjax.core._spectra import SVD_METHODS
 
 
 @dataclasses.dataclass(frozen=True)
 class AnalyzeOptions:
-    """Validated options of one analysis (see :func:`wwjax.analyze` for their meaning)."""
+    """Validated options of one analysis (see :func:`wwjax.analyze` for their meaning): the core's as fields, the
+    contributions' in ``contributed``, all read as ``opts.<name>``."""
 
     min_evals: int = 8
     max_evals: int = 15000
@@ -30,29 +32,29 @@ class AnalyzeOptions:
     # Scale (not in WeightWatcher): bytes one bucket may materialise, and the device mesh to spread buckets over.
     max_bucket_bytes: int | None = None
     mesh: Mesh | None = None
-    # --- advanced diagnostics (fingers, TPL, detX, vectors, inverse, conv operator spectrum) ---
-    fix_fingers: str | None = None
-    max_fingers: int = 10
-    finger_thresh: float = 1.0
-    xmin_max: float | None = None
-    fit: str = "PL"
-    detX: bool = False  # noqa: N815 (WeightWatcher's name)
-    vectors: bool = False
-    inverse: bool = False
-    conv2d_fft: bool = False
-    fft_size: int = 32
-    # --- end advanced diagnostics ---
-    # --- optional diagnostics (wwjax/_diagnostics.py) ---
-    mp_fit: bool = False
-    randomize: bool = False
-    key: object = None  # an int seed or a jax.random key; randomize=True needs it
-    trap_elements: int = 0
-    fresh_r2: bool = False  # randomize: R2 from one more shuffle, as WeightWatcher (else R2 is R1's first shuffle)
-    # --- end optional diagnostics ---
+    # The options of the registered contributions (wwjax.core._contributions), as (name, value) pairs: read as
+    # opts.<name>; a name absent here reads its registered default.
+    contributed: tuple[tuple[str, object], ...] = ()
+
+    def __getattr__(self, name: str):
+        if name.startswith("__") or name == "contributed":
+            raise AttributeError(name)
+        for key, value in self.contributed:
+            if key == name:
+                return value
+        defaults = option_defaults()
+        if name in defaults:
+            return defaults[name]
+        raise AttributeError(f"{type(self).__name__!r} has no option {name!r}")
 
     @property
     def num_clipped(self) -> int:
         return abs(self.xmax) if self.xmax else 0
+
+
+def core_option_names() -> tuple[str, ...]:
+    """The options every analysis has (the contributions' come after them)."""
+    return tuple(f.name for f in dataclasses.fields(AnalyzeOptions) if f.name != "contributed")
 
 
 def _as_patterns(value, name: str) -> tuple[str, ...]:
@@ -88,13 +90,15 @@ def make_options(**kwargs) -> AnalyzeOptions:
       ...
       TypeError: unknown option 'min_eval' (did you mean 'min_evals'?); ...
     """
-    known = [f.name for f in dataclasses.fields(AnalyzeOptions)]
+    core = core_option_names()
+    known = list(core) + list(option_defaults())
     for key in kwargs:
         if key not in known:
             close = difflib.get_close_matches(key, known, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise TypeError(f"unknown option {key!r}{hint}; analyze() takes {', '.join(known)}")
-    opts = dataclasses.replace(AnalyzeOptions(), **kwargs)
+    contributed = {**option_defaults(), **{k: v for k, v in kwargs.items() if k not in core}}
+    opts = AnalyzeOptions(**{k: v for k, v in kwargs.items() if k in core}, contributed=tuple(contributed.items()))
     _check_int("min_evals", opts.min_evals, 0)
     _check_int("max_evals", opts.max_evals, 1)
     _check_int("max_N", opts.max_N, 1)
@@ -122,13 +126,10 @@ def make_options(**kwargs) -> AnalyzeOptions:
         _check_int("max_bucket_bytes", opts.max_bucket_bytes, 1)
     if opts.mesh is not None and not isinstance(opts.mesh, Mesh):
         raise TypeError(f"mesh must be a jax.sharding.Mesh (e.g. jax.make_mesh((8,), ('batch',))), got {opts.mesh!r}")
-    from wwjax._tail import check_advanced_options  # advanced diagnostics: their own checks
-
-    check_advanced_options(opts)
     layers = _as_patterns(opts.layers, "layers")
-    from wwjax._diagnostics import check_options as check_diagnostics  # optional diagnostics
-
-    check_diagnostics(opts)
+    for contribution in contributions():  # each registered option's own checks
+        if contribution.check is not None:
+            contribution.check(opts)
     return dataclasses.replace(opts, layers=layers, stacked=_as_patterns(opts.stacked, "stacked"))
 
 
@@ -143,7 +144,7 @@ def layer_selected(path: str, layer_type: str, layers: tuple[str, ...]) -> bool:
       >>> layer_selected("params/Embed_0/embedding", "embedding", ("-embedding",))
       False
     """
-    from wwjax._layout import path_matches
+    from wwjax.core._layout import path_matches
 
     def hit(entry: str) -> bool:
         return entry == layer_type if entry in LAYER_TYPES else path_matches(path, entry)

@@ -1,0 +1,127 @@
+"""Stages 3–5 of an analysis, orchestrated: leaves → shape buckets → batched eigen-solves → every row fitted at once.
+
+Two kinds of compiled program do all the work, so a model costs a handful of compilations however many leaves it has:
+one per shape bucket (:func:`wwjax.core._buckets.solve_bucket`) and one per fit group
+(:func:`wwjax.core._fit.fit_group`). A leaf whose plan carries a ``solver`` (a contribution's own solve, e.g. the
+conv operator spectrum) is solved by it instead of a bucket, and its spectra join the fit groups like any other.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import os
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import AxisType, Mesh
+
+from wwjax.core._buckets import Bucket, LeafPlan, Piece, bytes_per_matrix, plan_buckets, solve_bucket
+from wwjax.core._fit import (
+    _KS_BLOCK_ELEMENTS, POWER_LAW, EsdTransform, RowColumns, RowFit, RowIndex, _split_group, fit_group, fit_groups,
+    padded_size, row_index,
+)
+from wwjax.core._layout import MatrixShape
+from wwjax.core._spectra import rank_tolerance
+
+
+def compute(
+    values: Sequence, leaves: Sequence[LeafPlan], *, method: str, dtype, num_clipped: int, tolerance: float,
+    max_bucket_bytes: int | None = None, mesh: Mesh | None = None, row_fit: RowFit = POWER_LAW,
+    row_columns: tuple[RowColumns, ...] = (), esd_transform: EsdTransform | None = None,
+) -> list[dict]:
+    """Stages 2–5 for all analysed leaves: per-row metrics of each leaf (see :func:`fit_group`)."""
+    itemsize = jnp.dtype(dtype).itemsize
+    # The KS reduction of the fits materialises (rows × block × n) at once: a quarter of the budget at most.
+    ks_elements = _KS_BLOCK_ELEMENTS if max_bucket_bytes is None else max(1, min(
+        _KS_BLOCK_ELEMENTS, max_bucket_bytes // (4 * itemsize)))
+    if mesh is not None:
+        # Auto axes: the partitioner places the reshuffles between a weight's own sharding and the batch layout.
+        mesh = Mesh(mesh.devices, mesh.axis_names, axis_types=(AxisType.Auto,) * len(mesh.axis_names))
+    buckets = plan_buckets(leaves, method, itemsize, max_bucket_bytes)
+    solve_calls = [((tuple(values[p.leaf] for p in bucket.pieces),),
+                    dict(views=tuple(leaves[p.leaf].view for p in bucket.pieces), bucket=bucket, method=method,
+                         dtype=dtype, mesh=mesh)) for bucket in buckets]
+    pieces: list[list] = [[] for _ in leaves]  # per leaf: (first matrix, source, offset in source, count)
+    # A matrix whose Gram is accumulated blockwise is not re-solved by the SVD: its rank counts at the Gram's floor.
+    blockwise = {p.leaf for b in buckets if b.block_rows for p in b.pieces}
+    leaves = [dataclasses.replace(leaf, rank_tol=rank_tolerance(method, leaf.shape.N, leaf.shape.M, dtype,
+                                                                refined=False)) if i in blockwise else leaf
+              for i, leaf in enumerate(leaves)]
+    for b, bucket in enumerate(buckets):
+        offset = 0
+        for p in bucket.pieces:
+            pieces[p.leaf].append((p.start, b, offset, p.stop - p.start))
+            offset += p.stop - p.start
+    fit_options = dict(num_clipped=num_clipped, tolerance=tolerance, dtype=dtype, mesh=mesh, ks_elements=ks_elements,
+                       row_fit=row_fit, row_columns=row_columns, esd_transform=esd_transform)
+    groups = fit_groups(leaves)
+    if _compile_ahead_worthwhile(values, leaves, mesh):
+        # What the programs depend on: a second analysis of the same shapes goes straight to the calls.
+        signature = (tuple((tuple(v.shape), str(v.dtype)) for v in values), tuple(leaves), tuple(map(tuple, groups)),
+                     method, str(jnp.dtype(dtype)), num_clipped, tolerance, ks_elements, row_fit, row_columns,
+                     esd_transform)
+        if signature not in _COMPILED_AHEAD:
+            _compile_ahead(solve_calls, leaves, pieces, groups, fit_options)
+            _COMPILED_AHEAD[signature] = None
+            while len(_COMPILED_AHEAD) > 64:
+                _COMPILED_AHEAD.pop(next(iter(_COMPILED_AHEAD)))
+
+    sources: list[tuple] = [solve_bucket(*args, **kwargs) for args, kwargs in solve_calls]  # (evals, rank, finite)
+    for i, leaf in enumerate(leaves):
+        if leaf.solver is not None:  # a contribution's own solve (conv2d_fft: the operator's frequency matrices)
+            evals, rank, finite = leaf.solver(values[i], leaf.view, method, dtype)
+            sources.append((evals, rank, finite.reshape(-1)))
+            pieces[i].append((0, len(sources) - 1, 0, leaf.num_matrices))
+
+    out: list = [None] * len(leaves)
+    for members in groups:
+        used, index = _group_plan(members, leaves, pieces, sources, mesh)
+        metrics = fit_group(tuple(sources[s] for s in used), index, **fit_options)
+        for i, m in zip(members, _split_group(metrics, [leaves[i] for i in members], num_clipped)):
+            out[i] = m
+    return out
+
+
+_COMPILED_AHEAD: dict[tuple, None] = {}  # analyses whose programs this process compiled ahead (oldest first)
+
+
+def _compile_ahead_worthwhile(values, leaves, mesh) -> bool:
+    """Whether to compile every program of an eager analysis at once, before running any: with more than one
+    program, on a machine with more than one core, outside a trace and a mesh (whose programs depend on shardings)."""
+    if mesh is not None or (os.cpu_count() or 1) < 2 or any(leaf.solver is not None for leaf in leaves):
+        return False
+    return not any(isinstance(v, jax.core.Tracer) for v in values)
+
+
+def _compile_ahead(solve_calls, leaves, pieces, groups, fit_options) -> None:
+    """Compiles the analysis' programs side by side, one thread each (XLA compiles without holding the GIL), into
+    the caches the calls that follow read: the same programs, so the same numbers, in a fraction of the wall time
+    on a multi-core CPU. Programs already compiled (warm, or from the persistent cache) cost a lookup."""
+    lowered = [solve_bucket.lower(*args, **kwargs) for args, kwargs in solve_calls]
+    shapes = [tuple(out.out_info) for out in lowered]  # each bucket's (evals, rank, finite) without solving it
+    for members in groups:
+        used, index = _group_plan(members, leaves, pieces, shapes, fit_options["mesh"])
+        lowered.append(fit_group.lower(tuple(shapes[s] for s in used), index, **fit_options))
+    if len(lowered) < 2:
+        return
+    with concurrent.futures.ThreadPoolExecutor(min(len(lowered), os.cpu_count() or 1)) as pool:
+        list(pool.map(lambda program: program.compile(), lowered))
+
+
+def _group_plan(members, leaves, pieces, sources, mesh) -> tuple[list[int], RowIndex]:
+    """The sources a fit group reads and its :class:`RowIndex`."""
+    used = sorted({s for i in members for _, s, _, _ in pieces[i]})
+    local = {s: k for k, s in enumerate(used)}
+    group_leaves = [leaves[i] for i in members]
+    total = padded_size(sum(leaf.num_rows for leaf in group_leaves), minimum=1)
+    if mesh is not None:
+        total = -(-total // mesh.size) * mesh.size
+    locations = [[(local[s], o, c) for _, s, o, c in sorted(pieces[i])] for i in members]
+    n_pad = padded_size(max(leaf.row_length for leaf in group_leaves))
+    return used, row_index(group_leaves, [tuple(sources[s][0].shape) for s in used], locations, n_pad, total)
+
+
+__all__ = ["Bucket", "LeafPlan", "MatrixShape", "Piece", "RowIndex", "bytes_per_matrix", "compute", "fit_group",
+           "fit_groups", "padded_size", "plan_buckets", "row_index", "solve_bucket"]

@@ -1,9 +1,9 @@
 """Runs one analysis in its own process, for the mesh and multi-host tests (the device count is fixed at start-up).
 
-    python tests/scale_worker.py single OUT.csv WEIGHTS.npz
-    python tests/scale_worker.py mesh OUT.csv WEIGHTS.npz DEVICES
-    python tests/scale_worker.py multihost OUT.csv WEIGHTS.npz PROCESS_ID NUM_PROCESSES PORT DEVICES_PER_PROCESS [f32|f64] [RUN_DIR]
-    python tests/scale_worker.py battery OUT.json DEVICES CASES_JSON
+    python tests/core/scale_worker.py single OUT.csv WEIGHTS.npz
+    python tests/core/scale_worker.py mesh OUT.csv WEIGHTS.npz DEVICES
+    python tests/core/scale_worker.py multihost OUT.csv WEIGHTS.npz PROCESS_ID NUM_PROCESSES PORT DEVICES_PER_PROCESS [f32|f64] [RUN_DIR]
+    python tests/core/scale_worker.py battery OUT.json DEVICES CASES_JSON
 
 ``mesh`` analyses on a mesh of DEVICES simulated CPU devices, twice: eagerly with ``mesh=`` and under ``jax.jit`` with
 the params already sharded over the mesh; it writes the first table and checks the second against it, and writes the

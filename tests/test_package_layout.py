@@ -1,0 +1,171 @@
+"""The package's layout is its architecture: the front door re-exports each area's names, imports run one way (the
+core never imports an area built on it), and optional analyses reach the core only through the registry."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import pathlib
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import wwjax
+from wwjax.core import _contributions
+from wwjax.core._contributions import ColumnsInput, Contribution
+
+PACKAGE = pathlib.Path(wwjax.__file__).parent
+
+# Every public name and the module it lives in.
+HOMES = {
+    "analyze": "wwjax.core._analyze", "details": "wwjax.core._details", "summary": "wwjax.core._details",
+    "CompilationCount": "wwjax.core._compilation", "count_compilations": "wwjax.core._compilation",
+    "enable_compilation_cache": "wwjax.core._compilation", "MatrixView": "wwjax.core._layout",
+    "path_matches": "wwjax.core._layout", "fit_power_law": "wwjax.core._powerlaw",
+    "LayerMetrics": "wwjax.core._results", "SkippedLeaf": "wwjax.core._results",
+    "MarchenkoPasturFit": "wwjax.diagnostics._mpfit", "fit_marchenko_pastur": "wwjax.diagnostics._mpfit",
+    "jensen_shannon_distance": "wwjax.diagnostics._randomize", "smoothing_ranks": "wwjax.diagnostics._smoothing",
+    "svd_sharpness": "wwjax.diagnostics._smoothing", "svd_smoothing": "wwjax.diagnostics._smoothing",
+    "PowerIteration": "wwjax.training._power_iteration", "power_iteration": "wwjax.training._power_iteration",
+    "top_singular": "wwjax.training._power_iteration", "SpectralMetrics": "wwjax.training._monitor",
+    "SpectralMonitorState": "wwjax.training._monitor", "monitor_spectra": "wwjax.training._monitor",
+    "spectral_metrics": "wwjax.training._monitor", "SpectralPenalty": "wwjax.training._penalty",
+    "SpectralPenaltyState": "wwjax.training._penalty", "add_spectral_penalty": "wwjax.training._penalty",
+    "spectral_penalty": "wwjax.training._penalty", "conv_operator_norm": "wwjax.training._conv_operator",
+    "load_safetensors": "wwjax.io._safetensors", "load_params": "wwjax.io._formats",
+    "CheckpointScan": "wwjax.io._checkpoints", "analyze_checkpoint": "wwjax.io._checkpoints",
+    "scan_checkpoints": "wwjax.io._checkpoints", "describe": "wwjax.io._describe", "distances": "wwjax.io._distances",
+}
+
+
+def test_every_public_name_is_the_object_of_its_home_module():
+    assert set(wwjax.__all__) == set(HOMES)
+    for name in wwjax.__all__:
+        assert getattr(wwjax, name) is getattr(importlib.import_module(HOMES[name]), name), name
+        area = importlib.import_module(HOMES[name].rsplit(".", 1)[0])
+        assert getattr(area, name) is getattr(wwjax, name), f"{area.__name__} does not re-export {name}"
+
+
+def test_nn_submodules_still_import():
+    from wwjax.nn import linen, nnx
+
+    assert linen.MSNDense.__module__ == "wwjax.nn.linen" and nnx.MSNLinear.__module__ == "wwjax.nn.nnx"
+
+
+def _imported_modules(path: pathlib.Path) -> set[str]:
+    """Every wwjax module a file imports, at the top or inside a function (absolute imports only: the package has
+    no relative ones)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            assert node.level == 0, f"{path}: relative import"
+            found.add(node.module)
+            found.update(f"{node.module}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+    return {m for m in found if m == "wwjax" or m.startswith("wwjax.")}
+
+
+@pytest.mark.parametrize("area", ["core", "diagnostics", "training", "io", "nn"])
+def test_imports_run_one_way(area):
+    """The core imports no area built on it; training and the I/O side may use diagnostics and the core, but the
+    diagnostics never import training or I/O. Nothing inside a subpackage imports the front door, cli or plot."""
+    forbidden = {
+        "core": ("wwjax.diagnostics", "wwjax.training", "wwjax.io", "wwjax.nn"),
+        "diagnostics": ("wwjax.training", "wwjax.io", "wwjax.nn"),
+        "training": ("wwjax.io",),
+        "io": ("wwjax.training", "wwjax.nn"),
+        "nn": ("wwjax.io", "wwjax.diagnostics"),
+    }[area] + ("wwjax.cli", "wwjax.plot", "wwjax.demo")
+    arrows = []
+    for path in sorted((PACKAGE / area).glob("*.py")):
+        for module in _imported_modules(path):
+            if module == "wwjax" or any(module == f or module.startswith(f + ".") for f in forbidden):
+                arrows.append(f"{path.relative_to(PACKAGE.parent)} -> {module}")
+    assert not arrows, "imports against the layering:\n" + "\n".join(arrows)
+
+
+def test_core_names_no_option_of_a_contribution():
+    """The core reads contributed options only through the registry: no core module mentions them by name."""
+    names = set(_contributions.option_defaults()) - {"key"}
+    for path in sorted((PACKAGE / "core").glob("*.py")):
+        text = path.read_text()
+        for name in names:
+            assert f"opts.{name}" not in text and f"options.{name}" not in text, f"{path.name} reads {name}"
+
+
+def test_no_comment_fences_remain():
+    for name in ("__init__.py", "core/_analyze.py", "core/_options.py", "core/_engine.py"):
+        assert "# ---" not in (PACKAGE / name).read_text(), name
+
+
+def _model(rng, width: int) -> dict:
+    return {"conv": {"kernel": rng.standard_t(4, (3, 3, 5, width)).astype(np.float32)},
+            "dense": {"kernel": rng.standard_t(4, (3 * width, width)).astype(np.float32)}}
+
+
+def test_options_that_are_off_compile_nothing_more():
+    """The default analysis compiles the same programs with every built-in contribution registered as with none:
+    two models of the same structure and fresh shapes, one analysed each way."""
+    rng = np.random.default_rng(0)
+    with wwjax.count_compilations() as registered:
+        wwjax.analyze(_model(rng, 41))
+    saved = _contributions.contributions()
+    try:
+        for contribution in saved:
+            _contributions.unregister(contribution.name)
+        with wwjax.count_compilations() as bare:
+            wwjax.analyze(_model(rng, 43))
+    finally:
+        for contribution in saved:
+            _contributions.register(contribution)
+    assert [c.name for c in _contributions.contributions()] == [c.name for c in saved]
+    assert registered.count == bare.count > 0
+
+
+def _top_eval(stage: ColumnsInput):
+    if not stage.opts.top_eval:
+        return None
+    return [{"top_eval": m["esd"][:, -1] * stage.opts.top_eval} for m in stage.metrics]
+
+
+def test_a_registered_contribution_adds_an_option_and_a_column():
+    def check(opts):
+        if not isinstance(opts.top_eval, (int, float)):
+            raise TypeError(f"top_eval must be a number, got {opts.top_eval!r}")
+
+    _contributions.register(Contribution("top_eval", options={"top_eval": 0}, check=check, columns=_top_eval))
+    try:
+        w = np.random.default_rng(1).standard_t(3, (120, 60)).astype(np.float32)
+        node = wwjax.analyze({"w": w}, top_eval=2)["w"]
+        largest = np.linalg.svd(w.astype(np.float64), compute_uv=False)[0] ** 2
+        np.testing.assert_allclose(np.asarray(node.extra["top_eval"]), [2 * largest], rtol=1e-4)
+        assert "top_eval" not in wwjax.analyze({"w": w})["w"].extra
+        with pytest.raises(TypeError, match="top_eval must be a number"):
+            wwjax.analyze({"w": w}, top_eval="big")
+        with pytest.raises(TypeError, match=r"analyze\(\) takes .*min_evals.*mp_fit.*top_eval"):
+            wwjax.analyze({"w": w}, top_evals=1)
+        with pytest.raises(ValueError, match="already taken"):
+            _contributions.register(Contribution("clash", options={"mp_fit": True}))
+    finally:
+        _contributions.unregister("top_eval")
+    with pytest.raises(TypeError, match="unknown option 'top_eval'"):
+        wwjax.analyze({"w": w}, top_eval=2)
+
+
+def test_two_row_fits_at_once_are_refused():
+    from wwjax.core._fit import PowerLawRowFit
+
+    _contributions.register(Contribution("other_fit", options={"other_fit": False},
+                                         row_fit=lambda opts: PowerLawRowFit() if opts.other_fit else None))
+    try:
+        w = np.random.default_rng(2).standard_t(3, (80, 40)).astype(np.float32)
+        with pytest.raises(ValueError, match="'tail' and 'other_fit' each replace the row_fit"):
+            wwjax.analyze({"w": w}, fit="TPL", other_fit=True)
+        plain = wwjax.analyze({"w": w})["w"]
+        same = wwjax.analyze({"w": w}, other_fit=True)["w"]  # an equal strategy: the same numbers
+        np.testing.assert_array_equal(np.asarray(plain.alpha), np.asarray(same.alpha))
+        assert bool(jnp.isfinite(plain.alpha).all())
+    finally:
+        _contributions.unregister("other_fit")

@@ -17,7 +17,7 @@ import pytest
 from flax import linen as nn
 
 import wwjax
-from wwjax.core import _layout
+from wwjax.core import _reading
 from wwjax.core._analyze import _PlannedLeaf, plan
 from wwjax.core._options import make_options
 from wwjax.core._tree import flatten_params
@@ -26,8 +26,8 @@ from test_pretrained import _minilm_file
 
 # Every name the reading knows, and names real models give their convolutions (DETR's input_proj, ViT's patch
 # embedding 'proj', EfficientNet's '_project_conv' / '_conv_head').
-HINT_NAMES = sorted(_layout.ATTENTION_IN_NAMES | _layout.ATTENTION_OUT_NAMES | set(_layout.CONV_HINTS)
-                    | set(_layout.DENSE_HINTS) | set(_layout.GENERAL_HINTS) | _layout.LAYER_AXIS_NAMES
+HINT_NAMES = sorted(_reading.ATTENTION_IN_NAMES | _reading.ATTENTION_OUT_NAMES | set(_reading.CONV_HINTS)
+                    | set(_reading.DENSE_HINTS) | set(_reading.GENERAL_HINTS) | _reading.LAYER_AXIS_NAMES
                     | {"embedding", "embed", "input_proj", "patch_embed", "_project_conv", "_conv_head", "Conv_0",
                        "Dense_0", "DenseGeneral_0"})
 METRICS = ["alpha", "alpha_weighted", "D", "lambda_max", "log_norm", "log_spectral_norm", "stable_rank", "entropy",

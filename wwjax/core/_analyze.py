@@ -19,7 +19,8 @@ import jax.numpy as jnp
 
 from wwjax.core import _engine
 from wwjax.core import _results
-from wwjax.core._layout import LeafInfo, MatrixShape, MatrixView, matrix_shape, read_leaf
+from wwjax.core._layout import LeafInfo, MatrixShape, MatrixView, matrix_shape
+from wwjax.core._reading import read_leaf
 from wwjax.core._layout import skip_reason_for_dtype
 from wwjax.core._options import AnalyzeOptions, layer_selected, make_options
 from wwjax.core._spectra import compute_dtype, rank_tolerance, resolve_method

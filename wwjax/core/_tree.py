@@ -13,7 +13,8 @@ from typing import Any
 
 import jax
 
-from wwjax.core._layout import ConvertedArray, LeafInfo, MatrixView, module_kernel_view
+from wwjax.core._layout import ConvertedArray, LeafInfo, MatrixView
+from wwjax.core._reading import module_kernel_view
 
 
 def key_name(key) -> str:

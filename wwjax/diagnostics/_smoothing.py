@@ -155,7 +155,7 @@ def apply_ranks(params, result, ranks: dict[str, np.ndarray]):
 
 
 def _view_of(params, path: str, views=None, stacked=()) -> MatrixView:
-    from wwjax.core._layout import classify_leaf
+    from wwjax.core._reading import classify_leaf
 
     for info, _, _ in flatten_params(params):
         if info.path == path:

@@ -5,8 +5,6 @@ Only :func:`load_safetensors` is imported at once; the rest needs pandas (and or
 that ``import wwjax`` stays quick.
 """
 
-from typing import TYPE_CHECKING
-
 from wwjax.io._safetensors import load_safetensors as load_safetensors
 
 _LAZY = {
@@ -17,13 +15,6 @@ _LAZY = {
     "distances": "wwjax.io._distances",
     "load_params": "wwjax.io._formats",
 }
-if TYPE_CHECKING:
-    from wwjax.io._checkpoints import CheckpointScan as CheckpointScan
-    from wwjax.io._checkpoints import analyze_checkpoint as analyze_checkpoint
-    from wwjax.io._checkpoints import scan_checkpoints as scan_checkpoints
-    from wwjax.io._describe import describe as describe
-    from wwjax.io._distances import distances as distances
-    from wwjax.io._formats import load_params as load_params
 
 
 def __getattr__(name: str):

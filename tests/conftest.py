@@ -55,11 +55,65 @@ def heavy_tailed(rng: np.random.Generator, shape, df: float = 3.0) -> np.ndarray
     return (rng.standard_t(df, size=shape) / np.sqrt(shape[-2] if len(shape) > 1 else 1)).astype(np.float32)
 
 
+CHECKPOINT_STEPS = (0, 4, 8, 12)
+
+
+def checkpoint_mlp():
+    """The small linen MLP the checkpoint tests train."""
+    from flax import linen as nn
+
+    class MLP(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = nn.relu(nn.Dense(48)(x))
+            x = nn.relu(nn.Dense(32)(x))
+            return nn.Dense(10)(x)
+
+    return MLP()
+
+
+def train_checkpoints(directory, item_names=None) -> dict:
+    """Adam on a fixed random classification task; saves {params, opt_state, step} at CHECKPOINT_STEPS and returns
+    the params of each step."""
+    import jax.numpy as jnp
+    import optax
+    import orbax.checkpoint as ocp
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(256, 64)).astype(np.float32)
+    y = (x[:, :10].argmax(-1)).astype(np.int32)
+    model = checkpoint_mlp()
+    params = model.init(jax.random.key(0), x[:1])["params"]
+    tx = optax.adam(3e-3)
+    opt_state = tx.init(params)
+
+    @jax.jit
+    def step(params, opt_state):
+        loss_fn = lambda p: optax.softmax_cross_entropy_with_integer_labels(model.apply({"params": p}, x), y).mean()
+        updates, opt_state = tx.update(jax.grad(loss_fn)(params), opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    saved = {}
+    with ocp.CheckpointManager(directory, item_names=item_names) as manager:
+        for i in range(CHECKPOINT_STEPS[-1] + 1):
+            if i in CHECKPOINT_STEPS:
+                state = {"params": params, "opt_state": opt_state, "step": i}
+                if item_names:
+                    accuracy = float(jnp.mean(model.apply({"params": params}, x).argmax(-1) == y))
+                    args = ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                              metrics=ocp.args.JsonSave({"accuracy": accuracy}))
+                else:
+                    args = ocp.args.StandardSave(state)
+                manager.save(i, args=args)
+                saved[i] = jax.tree.map(np.asarray, params)
+            params, opt_state = step(params, opt_state)
+        manager.wait_until_finished()
+    return saved
+
+
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
     """A CheckpointManager directory written by a real flax + optax training loop (steps 0, 4, 8, 12), and the
     params saved at each step, shared by the checkpoint and command-line tests."""
-    from test_checkpoints import _train
-
     directory = tmp_path_factory.mktemp("run")
-    return directory, _train(directory)
+    return directory, train_checkpoints(directory)

@@ -7,60 +7,17 @@ import shutil
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import orbax.checkpoint as ocp
 import pandas as pd
 import pytest
-from flax import linen as nn
 from flax import nnx
 
 import wwjax
 from wwjax.io import _checkpoints
 
-STEPS = (0, 4, 8, 12)
-
-
-class MLP(nn.Module):
-    @nn.compact
-    def __call__(self, x):
-        x = nn.relu(nn.Dense(48)(x))
-        x = nn.relu(nn.Dense(32)(x))
-        return nn.Dense(10)(x)
-
-
-def _train(directory, item_names=None):
-    """Adam on a fixed random classification task; saves {params, opt_state, step} every 4 steps."""
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(256, 64)).astype(np.float32)
-    y = (x[:, :10].argmax(-1)).astype(np.int32)
-    model = MLP()
-    params = model.init(jax.random.key(0), x[:1])["params"]
-    tx = optax.adam(3e-3)
-    opt_state = tx.init(params)
-
-    @jax.jit
-    def step(params, opt_state):
-        loss_fn = lambda p: optax.softmax_cross_entropy_with_integer_labels(model.apply({"params": p}, x), y).mean()
-        updates, opt_state = tx.update(jax.grad(loss_fn)(params), opt_state, params)
-        return optax.apply_updates(params, updates), opt_state
-
-    saved = {}
-    with ocp.CheckpointManager(directory, item_names=item_names) as manager:
-        for i in range(STEPS[-1] + 1):
-            if i in STEPS:
-                state = {"params": params, "opt_state": opt_state, "step": i}
-                if item_names:
-                    accuracy = float(jnp.mean(model.apply({"params": params}, x).argmax(-1) == y))
-                    args = ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                              metrics=ocp.args.JsonSave({"accuracy": accuracy}))
-                else:
-                    args = ocp.args.StandardSave(state)
-                manager.save(i, args=args)
-                saved[i] = jax.tree.map(np.asarray, params)
-            params, opt_state = step(params, opt_state)
-        manager.wait_until_finished()
-    return saved
-
+from conftest import CHECKPOINT_STEPS as STEPS
+from conftest import checkpoint_mlp
+from conftest import train_checkpoints as _train
 
 @pytest.fixture
 def run(trained_run):
@@ -184,7 +141,7 @@ def test_nnx_state_and_standard_checkpointer(tmp_path):
 
 def test_orbax_v1_layout(tmp_path):
     v1 = pytest.importorskip("orbax.checkpoint.experimental.v1")
-    params = MLP().init(jax.random.key(1), jnp.ones((1, 64)))["params"]
+    params = checkpoint_mlp().init(jax.random.key(1), jnp.ones((1, 64)))["params"]
     (getattr(v1, "save", None) or v1.save_pytree)(tmp_path / "v1", {"params": params})  # renamed in 0.12
     table = wwjax.analyze_checkpoint(tmp_path / "v1").details
     assert (table.status == "success").sum() == 3

@@ -89,7 +89,7 @@ def test_bad_arguments_are_named():
         temperature_balance(every=0)
     with pytest.raises(ValueError, match="assign must be one of"):
         temperature_balance(every=1, assign="cosine")
-    tx = temperature_balance(every=1)
-    params = _cnn_like_params()
-    with pytest.raises(ValueError, match="needs the params|measures the params"):
-        tx.update(params, tx.init(params))
+    state = TemperatureBalanceState(count=jnp.zeros((), jnp.int32), measured_at=jnp.zeros((), jnp.int32), alpha={},
+                                    factor={})
+    with pytest.raises(ValueError, match="measures the params"):
+        temperature_balance(every=1).update(_cnn_like_params(), state)

@@ -29,11 +29,14 @@ class SpectralMetrics(NamedTuple):
     mean_log_spectral_norm: Float[Array, ""]
 
 
-def spectral_metrics(params, **options) -> SpectralMetrics:
+def spectral_metrics(params, xmin: str | None = None, **options) -> SpectralMetrics:
     """Per-layer power-law α and log10 spectral norm of ``params``: pure, jittable, cheap enough for every k steps.
 
     Args:
       params: the parameter pytree (as for :func:`wwjax.analyze`).
+      xmin: None: α of WeightWatcher's KS fit (``analyze``'s). ``'median'`` / ``'peak'`` / ``'scan'``: α of the Hill
+        estimator with TempBalance's / AlphaPruning's fixed xmin rule (``wwjax.diagnostics._hill.hill_fit``), on the
+        same ESDs; failed fits are NaN.
       **options: :func:`wwjax.analyze`'s options (``layers=``, ``min_evals=``, ``views=`` …).
 
     Example:
@@ -47,12 +50,35 @@ def spectral_metrics(params, **options) -> SpectralMetrics:
     result = analyze(params, **options)
     nodes = [n for n in _results.iter_nodes(result) if isinstance(n, _results.LayerMetrics)]
     means = summary(result)
+    alpha = {n.path: n.alpha for n in nodes}
+    mean_alpha = jnp.asarray(means["alpha"])
+    if xmin is not None:
+        alpha = _hill_alphas(nodes, xmin)
+        mean_alpha = jnp.nanmean(jnp.concatenate(list(alpha.values()))) if alpha else jnp.asarray(jnp.nan)
     return SpectralMetrics(
-        alpha={n.path: n.alpha for n in nodes},
+        alpha=alpha,
         log_spectral_norm={n.path: n.log_spectral_norm for n in nodes},
-        mean_alpha=jnp.asarray(means["alpha"]),
+        mean_alpha=mean_alpha,
         mean_log_spectral_norm=jnp.asarray(means["log_spectral_norm"]),
     )
+
+
+def _hill_alphas(nodes, xmin: str) -> dict:
+    """The Hill α of every row of every node: one vmapped fit per ESD length, NaN where the fit failed."""
+    from wwjax.diagnostics._hill import hill_fit_rows
+
+    by_length: dict[int, list] = {}
+    for node in nodes:
+        by_length.setdefault(node.esd.shape[1], []).append(node)
+    alpha = {}
+    for group in by_length.values():
+        fits = hill_fit_rows(jnp.concatenate([n.esd for n in group]), xmin=xmin)
+        values = jnp.where(fits.ok, fits.alpha, jnp.nan)
+        offset = 0
+        for node in group:
+            alpha[node.path] = values[offset : offset + node.esd.shape[0]]
+            offset += node.esd.shape[0]
+    return {n.path: alpha[n.path] for n in nodes}
 
 
 class SpectralMonitorState(NamedTuple):

@@ -17,6 +17,10 @@ from wwjax.diagnostics._bootstrap import (
 )
 
 
+fit_rows = jax.jit(jax.vmap(fit_power_law))
+resample_esd_jit = jax.jit(resample_esd, static_argnames="num_clipped")
+
+
 def pareto(rng, alpha: float, shape) -> np.ndarray:
     """Ascending Pareto samples with density ∝ x^-α on [1, ∞)."""
     return np.sort((1.0 - rng.random(shape)) ** (-1.0 / (alpha - 1.0)), axis=-1)
@@ -25,7 +29,7 @@ def pareto(rng, alpha: float, shape) -> np.ndarray:
 def fit_and_bootstrap(esd, B, *, key=0, path="w", **kwargs):
     evals = jnp.asarray(esd)
     rows, n = evals.shape
-    fit = jax.vmap(fit_power_law)(evals)
+    fit = fit_rows(evals)
     out = bootstrap_rows(evals, jnp.full(rows, n), jnp.zeros(rows, evals.dtype), jnp.asarray(row_seeds(key, path, rows)),
                          fit.alpha, fit.xmin, fit.num_pl_spikes, num_resamples=B, **kwargs)
     return fit, jax.tree.map(np.asarray, out)
@@ -46,17 +50,17 @@ def test_replica_draws_only_fitted_eigenvalues(x64):
     rng = np.random.default_rng(1)
     evals = np.sort(np.concatenate([np.zeros(5), np.full(3, 1e-7), pareto(rng, 3.0, 40)]))  # 8 not fitted
     u = uniforms(jnp.asarray(row_seeds(0, "w", 1)[0]), jnp.int32(0), evals.size)
-    replica = np.asarray(resample_esd(jnp.asarray(evals), jnp.int32(48), jnp.float64(0.0), u))
+    replica = np.asarray(resample_esd_jit(jnp.asarray(evals), jnp.int32(48), jnp.float64(0.0), u))
     assert np.all(replica[:8] == 0.0) and np.all(np.isin(replica[8:], evals[8:]))
     assert np.all(np.diff(replica) >= 0)
     assert len(np.unique(replica[8:])) < 40  # drawn with replacement: 40 draws of 40 values repeat some (P > 1-1e-16)
     # the same row padded in front gives the same replica: draws are counted from the top
     padded = np.concatenate([np.zeros(16), evals])
     u_long = uniforms(jnp.asarray(row_seeds(0, "w", 1)[0]), jnp.int32(0), padded.size)
-    replica_long = np.asarray(resample_esd(jnp.asarray(padded), jnp.int32(48), jnp.float64(0.0), u_long))
+    replica_long = np.asarray(resample_esd_jit(jnp.asarray(padded), jnp.int32(48), jnp.float64(0.0), u_long))
     np.testing.assert_array_equal(replica_long[16:], replica)
     # clipped top eigenvalues are never drawn
-    clipped = np.asarray(resample_esd(jnp.asarray(evals), jnp.int32(48), jnp.float64(0.0), u, num_clipped=3))
+    clipped = np.asarray(resample_esd_jit(jnp.asarray(evals), jnp.int32(48), jnp.float64(0.0), u, num_clipped=3))
     assert clipped.max() <= evals[-4]
 
 
@@ -64,12 +68,12 @@ def test_replica_draws_only_fitted_eigenvalues(x64):
 def test_tail_alpha_is_the_fits_formula_at_the_fitted_xmin(x64, n):
     """With draws that pick each tail eigenvalue once, the tail replica is the data: its α is the fit's."""
     evals = jnp.asarray(pareto(np.random.default_rng(n), 2.5, n))
-    fit = fit_power_law(evals)
+    fit = jax.jit(fit_power_law)(evals)
     m = int(fit.num_pl_spikes)
     u = jnp.asarray((np.arange(n) + 0.5) / max(m - 1, 1))  # draw k = k for k < m - 1
-    alpha = tail_alpha(evals, jnp.int32(n), jnp.float64(0.0), fit.xmin, fit.num_pl_spikes, u)
+    alpha = jax.jit(tail_alpha)(evals, jnp.int32(n), jnp.float64(0.0), fit.xmin, fit.num_pl_spikes, u)
     np.testing.assert_allclose(float(alpha), float(fit.alpha), rtol=1e-12)
-    fits, _, _ = candidate_fits(evals)
+    fits, _, _ = jax.jit(candidate_fits)(evals)
     np.testing.assert_allclose(float(alpha), float(fits.alphas[n - m]), rtol=1e-12)
 
 
@@ -77,7 +81,7 @@ def test_same_key_same_numbers_and_leaves_are_independent(x64):
     rng = np.random.default_rng(2)
     a, b = pareto(rng, 3.0, (2, 60)), pareto(rng, 4.0, (3, 50))
     fits = [dict(alpha=np.asarray(f.alpha), xmin=np.asarray(f.xmin), num_pl_spikes=np.asarray(f.num_pl_spikes))
-            for f in (jax.vmap(fit_power_law)(jnp.asarray(x)) for x in (a, b))]
+            for f in (fit_rows(jnp.asarray(x)) for x in (a, b))]
     both = bootstrap_columns([a, b], fits, key=7, B=30, paths=["a", "b"])
     again = bootstrap_columns([a, b], fits, key=7, B=30, paths=["a", "b"])
     alone = bootstrap_columns([a], fits[:1], key=7, B=30, paths=["a"])  # another row count, another padding
@@ -94,6 +98,7 @@ def test_same_key_same_numbers_and_leaves_are_independent(x64):
     assert twin[0]["alpha_std"][0] != twin[0]["alpha_std"][1]
 
 
+@pytest.mark.slow
 def test_memory_blocking_does_not_change_the_numbers(x64):
     esd = pareto(np.random.default_rng(3), 3.0, (3, 64))
     _, wide = fit_and_bootstrap(esd, 20)
@@ -124,12 +129,13 @@ def _coverage(alpha, n, trials, B, seed, resample="esd", interval="basic_log"):
 
 
 def test_coverage_small_pareto(x64):
-    """60 Pareto spectra of 50 eigenvalues (α = 3), 60 resamples each: the 95% interval holds the true α in
+    """64 Pareto spectra of 64 eigenvalues (α = 3), 64 resamples each: the 95% interval holds the true α in
     about 95% of them (the band allows ±3 binomial standard errors and fails on intervals that always cover)."""
-    coverage, fitted, out = _coverage(3.0, 50, 60, 60, seed=0)
+    coverage, fitted, out = _coverage(3.0, 64, 64, 64, seed=0)
     assert 0.85 <= coverage <= 0.99, coverage
-    # the bootstrap's spread estimates the estimator's spread across spectra
-    assert 0.7 < np.nanmean(out.alpha_std) / np.std(fitted) < 1.4
+    # the bootstrap's spread estimates the estimator's spread across spectra (the median: a spectrum whose KS scan
+    # jumps between two xmins has a wide spread of its own)
+    assert 0.7 < np.nanmedian(out.alpha_std) / np.std(fitted) < 1.4
 
 
 @pytest.mark.slow
@@ -143,6 +149,7 @@ def test_coverage_pareto(x64, alpha):
     assert tail < coverage
 
 
+@pytest.mark.slow
 def test_columns_of_an_analysis(f32):
     """The columns from ``analyze``'s own ``esd``, ``alpha``, ``xmin``, ``num_pl_spikes`` (float32)."""
     rng = np.random.default_rng(0)
@@ -160,7 +167,7 @@ def test_columns_of_an_analysis(f32):
 
 def test_resampled_alphas_tail_mode_is_cheap_and_finite(x64):
     esd = pareto(np.random.default_rng(4), 3.0, (2, 100))
-    fit = jax.vmap(fit_power_law)(jnp.asarray(esd))
+    fit = fit_rows(jnp.asarray(esd))
     boot = resampled_alphas(jnp.asarray(esd), jnp.full(2, 100), jnp.zeros(2), jnp.asarray(row_seeds(0, "w", 2)),
                             fit.xmin, fit.num_pl_spikes, num_resamples=50, resample="tail", num_clipped=0,
                             ks_elements=1 << 20)

@@ -188,6 +188,7 @@ resampled_alphas = jax.jit(_resampled_alphas, static_argnames=("num_resamples", 
 resampled_alphas.__doc__ = """The ``(rows, B)`` resampled α of :func:`bootstrap_rows` (NaN where a replica's fit failed)."""
 
 
+@functools.partial(jax.jit, static_argnames=("level", "interval"))
 def summarize(alpha: Float[Array, " rows"], boot: Float[Array, "rows B"], *, level: float = 0.95,
               interval: str = "basic_log") -> BootstrapAlpha:
     """The columns from the fitted α and its resamples (NaN where α is not a fit or fewer than 2 replicas fit)."""
@@ -237,7 +238,7 @@ def bootstrap_rows(
     Example:
       >>> import jax.numpy as jnp, numpy as np
       >>> x = jnp.sort(jnp.asarray(np.random.default_rng(0).pareto(2.0, (2, 300)) + 1.0), axis=1)  # α = 3
-      >>> fit = jax.vmap(fit_power_law)(x)
+      >>> fit = jax.jit(jax.vmap(fit_power_law))(x)
       >>> out = bootstrap_rows(x, jnp.array([300, 300]), jnp.zeros(2), jnp.asarray(row_seeds(0, "w", 2)),
       ...                      fit.alpha, fit.xmin, fit.num_pl_spikes, num_resamples=50)
       >>> bool(jnp.all(out.alpha_ci_low < fit.alpha)), bool(jnp.all(fit.alpha < out.alpha_ci_high))
@@ -349,11 +350,12 @@ def alpha_mean_and_sem(table) -> tuple[float, float]:
     return float(alpha[fitted].mean()), float(np.sqrt(np.sum(std[fitted] ** 2)) / k)
 
 
-def draw_alpha_intervals(ax, table, *, color: str = "tab:blue", **errorbar_kwargs):
-    """Draws each row's ``[alpha_ci_low, alpha_ci_high]`` as an error bar at x = its position in ``table``.
+def draw_alpha_intervals(ax, table, *, color: str = "tab:blue", **vlines_kwargs):
+    """Draws each row's ``[alpha_ci_low, alpha_ci_high]`` as a vertical bar at x = its position in ``table``.
 
     The positions are those of :func:`wwjax.plot.layers` (the analysed rows of ``details`` in order), so it
-    adds the intervals to that plot's axis. Rows without an interval get none.
+    adds the intervals to that plot's axis. Rows without an interval get none. A bar need not contain the row's α:
+    where the resampled fits move away from it (an unstable xmin), the basic interval lies on the other side.
 
     Example:
       >>> import matplotlib
@@ -362,7 +364,7 @@ def draw_alpha_intervals(ax, table, *, color: str = "tab:blue", **errorbar_kwarg
       >>> fig, ax = plt.subplots()
       >>> bars = draw_alpha_intervals(ax, {"alpha": [2.5, 3.0], "alpha_ci_low": [2.2, 2.6],
       ...                                  "alpha_ci_high": [2.9, 3.5]})
-      >>> len(bars.lines[2][0].get_segments())
+      >>> len(bars.get_segments())
       2
     """
     alpha = np.asarray(table["alpha"], dtype=float)
@@ -370,8 +372,7 @@ def draw_alpha_intervals(ax, table, *, color: str = "tab:blue", **errorbar_kwarg
     high = np.asarray(table["alpha_ci_high"], dtype=float)
     shown = np.isfinite(alpha) & np.isfinite(low) & np.isfinite(high)
     x = np.arange(len(alpha))[shown]
-    yerr = np.stack([alpha[shown] - low[shown], high[shown] - alpha[shown]])
-    return ax.errorbar(x, alpha[shown], yerr=yerr, fmt="none", ecolor=color, capsize=3, **errorbar_kwargs)
+    return ax.vlines(x, low[shown], high[shown], colors=color, **vlines_kwargs)
 
 
 __all__ = ["BootstrapAlpha", "alpha_mean_and_sem", "bootstrap_columns", "bootstrap_rows", "check_options",

@@ -99,6 +99,17 @@ def test_same_key_same_numbers_and_leaves_are_independent(x64):
 
 
 @pytest.mark.slow
+def test_columns_inside_jit_are_the_eager_ones(x64):
+    esd = pareto(np.random.default_rng(5), 3.0, (1, 32))
+    fit = fit_rows(jnp.asarray(esd))
+    columns = dict(alpha=fit.alpha, xmin=fit.xmin, num_pl_spikes=fit.num_pl_spikes)
+    eager = bootstrap_columns([esd], [columns], key=3, B=16, paths=["w"])
+    jitted = jax.jit(lambda e, c, k: bootstrap_columns([e], [c], k, 16, paths=["w"]))(esd, columns, jax.random.key(3))
+    for name in eager[0]:
+        np.testing.assert_allclose(jitted[0][name], eager[0][name], rtol=1e-12)
+
+
+@pytest.mark.slow
 def test_memory_blocking_does_not_change_the_numbers(x64):
     esd = pareto(np.random.default_rng(3), 3.0, (3, 64))
     _, wide = fit_and_bootstrap(esd, 20)

@@ -71,16 +71,19 @@ def check_options(opts) -> None:
                          "or bootstrap=")
 
 
-def row_seeds(key, path: str, num_rows: int) -> np.ndarray:
+def row_seeds(key, path: str, num_rows: int) -> Int[Array, "rows words"]:
     """The seed words ``(num_rows, words)`` of a leaf's rows: the key's data, the path's hash and the row number.
+
+    Works on a traced key too (inside ``jax.jit``).
 
     Example:
       >>> row_seeds(0, "dense/kernel", 3).shape
       (3, 4)
     """
-    words = np.asarray(jax.random.key_data(as_key(key))).reshape(-1).astype(np.uint32)
-    base = np.concatenate([words, [path_hash(path)]]).astype(np.uint32)
-    return np.concatenate([np.tile(base, (num_rows, 1)), np.arange(num_rows, dtype=np.uint32)[:, None]], axis=1)
+    words = jax.random.key_data(as_key(key)).reshape(-1).astype(jnp.uint32)
+    base = jnp.concatenate([words, jnp.asarray([path_hash(path)], jnp.uint32)])
+    rows = jnp.arange(num_rows, dtype=jnp.uint32)[:, None]
+    return jnp.concatenate([jnp.broadcast_to(base, (num_rows, base.shape[0])), rows], axis=1)
 
 
 def uniforms(seed: Int[Array, " words"], resample: Int[Array, ""], n: int) -> Float[Array, " n"]:
@@ -293,8 +296,10 @@ def bootstrap_columns(
     if len(paths) != len(esd_rows_per_leaf):
         raise ValueError(f"bootstrap_columns needs one path per leaf (its random stream): got {len(paths)} paths "
                          f"for {len(esd_rows_per_leaf)} leaves")
-    esds = [np.asarray(e) for e in esd_rows_per_leaf]
-    floors = [np.zeros(e.shape[0]) if noise_floors is None else np.asarray(f).reshape(e.shape[0])
+    # jnp throughout (shapes alone are read on the host): the columns can be computed inside a jitted analysis.
+    esds = [jnp.asarray(e) for e in esd_rows_per_leaf]
+    dtype = jnp.result_type(*esds) if esds else jnp.float32
+    floors = [jnp.zeros(e.shape[0], dtype) if noise_floors is None else jnp.asarray(f, dtype).reshape(e.shape[0])
               for e, f in zip(esds, noise_floors or esds)]
     groups: dict[int, list[int]] = defaultdict(list)
     for i, esd in enumerate(esds):
@@ -303,23 +308,22 @@ def bootstrap_columns(
     for n_pad, members in groups.items():
         counts = [esds[i].shape[0] for i in members]
         total = sum(counts)
-        extra = padded_size(total, minimum=1) - total
-        dtype = jnp.asarray(esds[members[0]][:0]).dtype  # what jax makes of it (float32 unless x64 is on)
-        evals = np.concatenate([np.pad(esds[i], ((0, 0), (n_pad - esds[i].shape[1], 0))) for i in members]
-                               + [np.zeros((extra, n_pad), dtype)]).astype(dtype)
+        extra = padded_size(total, minimum=1) - total  # padding rows: all zeros, their fits fail, NaN
+
+        def stacked(parts, fill, dtype, extra=extra):
+            return jnp.concatenate([jnp.asarray(p).reshape(-1).astype(dtype) for p in parts]
+                                   + [jnp.full(extra, fill, dtype)])
+
+        evals = jnp.concatenate([jnp.pad(esds[i].astype(dtype), ((0, 0), (n_pad - esds[i].shape[1], 0)))
+                                 for i in members] + [jnp.zeros((extra, n_pad), dtype)])
         valid = np.concatenate([np.full(c, esds[i].shape[1]) for i, c in zip(members, counts)] + [np.zeros(extra)])
-        seeds = np.concatenate([row_seeds(key, paths[i], c) for i, c in zip(members, counts)]
-                               + [np.zeros((extra, row_seeds(key, "", 1).shape[1]), np.uint32)])
-
-        def column(name, fill, members=members):
-            return np.concatenate([np.asarray(fits_per_leaf[i][name]).reshape(-1) for i in members]
-                                  + [np.full(extra, fill)])
-
+        seeds = [row_seeds(key, paths[i], c) for i, c in zip(members, counts)]
+        seeds = jnp.concatenate(seeds + [jnp.zeros((extra, seeds[0].shape[1]), jnp.uint32)])
         result = bootstrap_rows(
-            jnp.asarray(evals), jnp.asarray(valid, jnp.int32), jnp.asarray(np.concatenate(
-                [floors[i] for i in members] + [np.zeros(extra)]), dtype), jnp.asarray(seeds),
-            jnp.asarray(column("alpha", np.nan), dtype), jnp.asarray(column("xmin", np.nan), dtype),
-            jnp.asarray(column("num_pl_spikes", 0), jnp.int32),
+            evals, jnp.asarray(valid, jnp.int32), stacked([floors[i] for i in members], 0.0, dtype), seeds,
+            stacked([fits_per_leaf[i]["alpha"] for i in members], jnp.nan, dtype),
+            stacked([fits_per_leaf[i]["xmin"] for i in members], jnp.nan, dtype),
+            stacked([fits_per_leaf[i]["num_pl_spikes"] for i in members], 0, jnp.int32),
             num_resamples=int(B), level=float(level), resample=resample, interval=interval,
             num_clipped=int(num_clipped),
         )

@@ -30,7 +30,7 @@ def fit_and_bootstrap(esd, B, *, key=0, path="w", **kwargs):
     evals = jnp.asarray(esd)
     rows, n = evals.shape
     fit = fit_rows(evals)
-    out = bootstrap_rows(evals, jnp.full(rows, n), jnp.zeros(rows, evals.dtype), jnp.asarray(row_seeds(key, path, rows)),
+    out = bootstrap_rows(evals, jnp.full(rows, n), jnp.zeros(rows, evals.dtype), row_seeds(key, path, rows),
                          fit.alpha, fit.xmin, fit.num_pl_spikes, num_resamples=B, **kwargs)
     return fit, jax.tree.map(np.asarray, out)
 

@@ -12,9 +12,9 @@ For each ESD row (ascending, zero-padded in front, as the engine's row fit sees 
 The columns: ``alpha_std`` (the standard deviation of the resampled α) and the interval ``[alpha_ci_low,
 alpha_ci_high]`` at ``level`` (0.95 by default). The interval is the *basic bootstrap on log(α − 1)* unless
 ``interval='percentile'``: for Hill's estimator ``(α̂ − 1)/(α − 1)`` is distributed as ``m/Gamma(m)`` whatever α is
-(a pivot), and reflecting the resampled ``log(α* − 1)`` around ``log(α̂ − 1)`` turns that pivot into an interval
-with the right coverage where the percentile interval inherits the estimator's skew the wrong way round
-(see ``docs/bootstrap.md`` for the measured coverage of both).
+(a pivot), and reflecting the resampled ``log(α* − 1)`` around ``log(α̂ − 1)`` inverts that pivot; it also removes
+the resamples' shift from α̂ where the percentile interval adds it. Measured on Pareto spectra, it covers 0.92–0.95
+in every case tried, the percentile interval 0.915–0.99 (``docs/bootstrap.md``).
 
 The resample draws come from a counter-based hash of the key's data, the leaf's :func:`~wwjax._randomize.path_hash`,
 the row, the resample number and the position counted from the top of the row: a leaf's interval depends on the
@@ -162,6 +162,7 @@ def _interval(alpha, boot, level: float, interval: str):
 
 def _resampled_alphas(evals, num_valid, noise_floor, seeds, xmin, num_pl_spikes, *, num_resamples: int,
                       resample: str, num_clipped: int, ks_elements: int) -> Float[Array, "rows B"]:
+    """The ``(rows, B)`` resampled α of :func:`bootstrap_rows` (NaN where a replica's fit failed)."""
     rows, n = evals.shape
     dtype = evals.dtype
     noise_floor = noise_floor.astype(dtype)
@@ -188,7 +189,6 @@ def _resampled_alphas(evals, num_valid, noise_floor, seeds, xmin, num_pl_spikes,
 
 resampled_alphas = jax.jit(_resampled_alphas, static_argnames=("num_resamples", "resample", "num_clipped",
                                                                 "ks_elements"))
-resampled_alphas.__doc__ = """The ``(rows, B)`` resampled α of :func:`bootstrap_rows` (NaN where a replica's fit failed)."""
 
 
 @functools.partial(jax.jit, static_argnames=("level", "interval"))

@@ -10,7 +10,7 @@ import pytest
 
 from wwjax._layout import MatrixView
 from wwjax._powerlaw import fit_power_law
-from wwjax._spectra import rank_tolerance, slice_spectra
+from wwjax._spectra import rank_tolerance
 from wwjax.diagnostics._farms import (
     FarmsPlan,
     check_farms_options,
@@ -113,6 +113,7 @@ def test_stacked_leaf_gives_one_row_per_layer(x64):
         np.testing.assert_allclose(esd[layer], alone, rtol=1e-12)
 
 
+@pytest.mark.slow  # two compilations of the KS scan
 def test_fit_is_the_engine_fit_on_the_pooled_row(x64):
     w = np.random.default_rng(3).standard_t(3.0, size=(256, 128))
     fit = farms_alpha(w, DENSE, window_size=64, windows_per_dim=3)
@@ -122,23 +123,24 @@ def test_fit_is_the_engine_fit_on_the_pooled_row(x64):
     assert float(fit.xmin[0]) == pytest.approx(float(direct.xmin), rel=1e-12)
 
 
-def _plain_alpha(w) -> float:
-    evals = slice_spectra(jnp.asarray(w)[None], method="svd").evals[0]
-    return float(jax.jit(fit_power_law)(evals, 0, evals[-1] * rank_tolerance("svd", *w.shape, evals.dtype)).alpha)
+def median_hill_alpha(esd) -> float:
+    """Hill's α with xmin at the median eigenvalue, as the FARMS reference code fits its image-classification runs
+    (TempBalance's ``xmin_mid`` with ``xmin_pos=2``), transcribed to NumPy."""
+    esd = np.sort(np.asarray(esd, np.float64))
+    i = len(esd) // 2
+    n = len(esd) - i
+    return 1.0 + n / (np.sum(np.log(esd[i:])) - n * np.log(esd[i]))
 
 
-@pytest.mark.slow
 def test_farms_removes_the_aspect_ratio_bias_of_gaussian_matrices():
-    """Plain α of i.i.d. Gaussian matrices grows with Q (about 4 at Q=1 to over 10 at Q=16 for M=64); the FARMS
-    α of the same matrices stays within a narrow band."""
+    """Median-Hill α of i.i.d. Gaussian matrices grows with Q (about 2.2 at Q=1, 5.9 at Q=16 for M=64); on the
+    FARMS ESD (square 32×32 windows, each an i.i.d. square matrix whatever Q is) it stays at 2.1 for both."""
     m, plain, farms = 64, {}, {}
     for q in (1, 16):
         plain[q], farms[q] = [], []
         for seed in range(3):
-            w = (np.random.default_rng(seed).normal(size=(q * m, m)) / np.sqrt(q * m)).astype(np.float32)
-            plain[q].append(_plain_alpha(w))
-            farms[q].append(float(farms_alpha(w, DENSE, window_size=m).alpha[0]))
-    plain_gap = np.mean(plain[16]) - np.mean(plain[1])
-    farms_gap = abs(np.mean(farms[16]) - np.mean(farms[1]))
-    assert plain_gap > 4.0
-    assert farms_gap < 0.25 * plain_gap
+            w = np.random.default_rng(seed).normal(size=(q * m, m)) / np.sqrt(q * m)
+            plain[q].append(median_hill_alpha(np.linalg.svd(w, compute_uv=False) ** 2))
+            farms[q].append(median_hill_alpha(farms_spectra(w.astype(np.float32), DENSE, window_size=32)[0]))
+    assert np.mean(plain[16]) - np.mean(plain[1]) > 3.0
+    assert abs(np.mean(farms[16]) - np.mean(farms[1])) < 0.1

@@ -155,3 +155,22 @@ def test_core_is_jittable_and_small():
     a, b = jnp.ones((2, 300, 8)), jnp.ones((2, 8, 200))
     jaxpr = str(jax.make_jaxpr(lambda a, b: lora_core(a, b, "flax"))(a, b))
     assert "300,200" not in jaxpr.replace(" ", "")  # ΔW (300×200) is never formed
+
+
+def test_tree_spectra_batch_same_shape_adapters_without_mixing_them(x64):
+    rng = np.random.default_rng(5)
+    tree = {
+        f"block_{i}": {"lora_a": rng.normal(size=(20, 3)), "lora_b": rng.normal(size=(3, 12))} for i in range(3)
+    }
+    tree["head"] = {"lora_A": rng.normal(size=(2, 12)), "lora_B": rng.normal(size=(5, 2))}
+    spectra = lora_tree_spectra(tree)
+    assert {k: v.shape for k, v in spectra.items()} == {
+        "block_0/lora_delta": (1, 3), "block_1/lora_delta": (1, 3), "block_2/lora_delta": (1, 3),
+        "head/lora_delta": (1, 2),
+    }
+    for i in range(3):
+        leaf = tree[f"block_{i}"]
+        np.testing.assert_allclose(spectra[f"block_{i}/lora_delta"][0], dense_evals(leaf["lora_a"] @ leaf["lora_b"], 3),
+                                   rtol=1e-10)
+    head = tree["head"]
+    np.testing.assert_allclose(spectra["head/lora_delta"][0], dense_evals(head["lora_B"] @ head["lora_A"], 2), rtol=1e-10)

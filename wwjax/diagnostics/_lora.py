@@ -243,16 +243,28 @@ def lora_tree_spectra(
     values = _leaf_values(params)
     dtype = compute_dtype(None)
     method = resolve_method(svd_method)
+    found = find_lora_pairs(params, pairs)
+    # Adapters of one shape are one batched call (stacked on a new leading axis), not one call each.
+    groups: dict[tuple, list[LoraPair]] = {}
+    for pair in found:
+        key = (np.shape(values[pair.a_path]), np.shape(values[pair.b_path]), pair.layout)
+        groups.setdefault(key, []).append(pair)
+    delta = {}
+    for (_, _, layout), members in groups.items():
+        a = jnp.stack([jnp.asarray(values[p.a_path], dtype) for p in members])
+        b = jnp.stack([jnp.asarray(values[p.b_path], dtype) for p in members])
+        evals = _delta_spectra(a, b, layout, method).reshape(len(members), -1, min(a.shape[-2:] + b.shape[-2:]))
+        delta.update({p.name: evals[i] for i, p in enumerate(members)})
     out = {}
-    for pair in find_lora_pairs(params, pairs):
-        a, b = jnp.asarray(values[pair.a_path], dtype), jnp.asarray(values[pair.b_path], dtype)
-        out[pair.name] = _delta_spectra(a, b, pair.layout, method)
+    for pair in found:
+        out[pair.name] = delta[pair.name]
         if merged:
             if pair.base_path is None:
                 raise ValueError(
                     f"no base weight found next to the LoRA adapter {pair.a_path!r} (looked for kernel, "
                     "base_module/kernel, base_layer/weight, weight); analyse ΔW alone with merged=False"
                 )
+            a, b = jnp.asarray(values[pair.a_path], dtype), jnp.asarray(values[pair.b_path], dtype)
             stack = merged_matrices(jnp.asarray(values[pair.base_path], dtype), a, b, pair.layout, scale=scale)
             evals = slice_spectra(stack.reshape(-1, *stack.shape[-2:]), method=method).evals
             out[pair.name.replace("lora_delta", "lora_merged")] = evals

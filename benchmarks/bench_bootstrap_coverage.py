@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wwjax._powerlaw import fit_power_law
+from wwjax.core._powerlaw import fit_power_law
 from wwjax.diagnostics._bootstrap import resampled_alphas, row_seeds, summarize
 
 INTERVALS = ("basic_log", "percentile")

@@ -22,9 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wwjax._layout import MatrixView
-from wwjax._powerlaw import fit_power_law
-from wwjax._spectra import rank_tolerance, slice_spectra
+from wwjax.core._layout import MatrixView
+from wwjax.core._powerlaw import fit_power_law
+from wwjax.core._spectra import rank_tolerance, slice_spectra
 from wwjax.diagnostics._farms import farms_spectra, farms_windows
 
 RATIOS = (1, 2, 4, 8, 16)

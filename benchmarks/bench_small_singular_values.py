@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_analyze import MLP_WIDTH, WIDTH, student_t  # noqa: E402
 
-from wwjax import _spectra  # noqa: E402
+from wwjax.core import _spectra  # noqa: E402
 
 
 def stack(rng, count: int, n: int, m: int, doubtful: int = 0) -> jax.Array:

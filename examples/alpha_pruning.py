@@ -35,7 +35,7 @@ from flax import linen as nn
 
 import wwjax
 from wwjax.demo import load_digits
-from wwjax.training._pruning import alpha_sparsity, prune, uniform_sparsity
+from wwjax import alpha_sparsity, prune, uniform_sparsity
 
 
 class MLP(nn.Module):

@@ -31,9 +31,9 @@ import pandas as pd
 from flax import linen as nn
 
 import wwjax  # noqa: F401  (the package the transform belongs to)
-from wwjax._monitor import spectral_metrics
+from wwjax import spectral_metrics
 from wwjax.demo import load_digits
-from wwjax.training._temperature_balance import temperature_balance
+from wwjax import temperature_balance
 
 
 class SmallCNN(nn.Module):

@@ -40,7 +40,7 @@ def main() -> None:
     result = wwjax.analyze(params)
     table = wwjax.details(result)
     table = table[table.status != "skipped"].reset_index(drop=True)
-    nodes = {n.path: n for n in wwjax._results.iter_nodes(result) if isinstance(n, wwjax._results.LayerMetrics)}
+    nodes = {n.path: n for n in wwjax.core._results.iter_nodes(result) if isinstance(n, wwjax.core._results.LayerMetrics)}
     paths = list(dict.fromkeys(table.path))
     start = time.perf_counter()
     cols = bootstrap_columns([nodes[p].esd for p in paths],

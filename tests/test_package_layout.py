@@ -37,6 +37,16 @@ HOMES = {
     "CheckpointScan": "wwjax.io._checkpoints", "analyze_checkpoint": "wwjax.io._checkpoints",
     "scan_checkpoints": "wwjax.io._checkpoints", "describe": "wwjax.io._describe", "distances": "wwjax.io._distances",
 }
+# Public names added since the restructure (the α-driven methods, the Hill estimator): their homes.
+HOMES |= {
+    "HillFit": "wwjax.diagnostics._hill", "hill_fit": "wwjax.diagnostics._hill",
+    "temperature_balance": "wwjax.training._temperature_balance",
+    "TemperatureBalanceState": "wwjax.training._temperature_balance",
+    "temperature_factors": "wwjax.training._temperature_balance",
+    "alpha_sparsity": "wwjax.training._pruning", "sparsity_from_alpha": "wwjax.training._pruning",
+    "uniform_sparsity": "wwjax.training._pruning", "prune": "wwjax.training._pruning", "Pruned": "wwjax.training._pruning",
+    "wanda_scores": "wwjax.training._pruning", "keep_pruned": "wwjax.training._pruning",
+}
 
 
 def test_every_public_name_is_the_object_of_its_home_module():

@@ -10,13 +10,16 @@ from wwjax.core import (
 
 # Optional analyses; importing them registers analyze()'s options (mp_fit, randomize, fix_fingers, fit, detX …).
 from wwjax.diagnostics import (
-    MarchenkoPasturFit, fit_marchenko_pastur, jensen_shannon_distance, smoothing_ranks, svd_sharpness, svd_smoothing,
+    HillFit, MarchenkoPasturFit, fit_marchenko_pastur, hill_fit, jensen_shannon_distance, smoothing_ranks, svd_sharpness, svd_smoothing,
 )
 
 # Training with spectra: the spectral norm penalty, power iteration, the monitor, the conv operator norm.
 from wwjax.training import (
     PowerIteration, SpectralMetrics, SpectralMonitorState, SpectralPenalty, SpectralPenaltyState, add_spectral_penalty,
     conv_operator_norm, monitor_spectra, power_iteration, spectral_metrics, spectral_penalty, top_singular,
+    # the α-driven methods: TempBalance learning rates, AlphaPruning sparsity
+    Pruned, TemperatureBalanceState, alpha_sparsity, keep_pruned, prune, sparsity_from_alpha, temperature_balance,
+    temperature_factors, uniform_sparsity, wanda_scores,
 )
 
 # Weights on disk and runs: checkpoints, file formats and distances need pandas (and orbax): wwjax.io loads them when

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import wwjax
-from wwjax._powerlaw import candidate_fits, fit_power_law
+from wwjax.core._powerlaw import candidate_fits, fit_power_law
 from wwjax.diagnostics._bootstrap import (
     DEFAULTS, alpha_mean_and_sem, bootstrap_columns, bootstrap_rows, check_options, resample_esd, resampled_alphas,
     row_seeds, summarize, tail_alpha, uniforms,

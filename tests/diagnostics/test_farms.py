@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from wwjax._layout import MatrixView
-from wwjax._powerlaw import fit_power_law
-from wwjax._spectra import rank_tolerance
+from wwjax.core._layout import MatrixView
+from wwjax.core._powerlaw import fit_power_law
+from wwjax.core._spectra import rank_tolerance
 from wwjax.diagnostics._farms import (
     FarmsPlan,
     check_farms_options,

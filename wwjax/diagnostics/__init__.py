@@ -4,6 +4,8 @@ smoothing. Importing this package registers the options of :func:`wwjax.analyze`
 """
 
 from wwjax.diagnostics import _builtin  # noqa: F401  (registers the built-in contributions)
+from wwjax.diagnostics._hill import HillFit as HillFit
+from wwjax.diagnostics._hill import hill_fit as hill_fit
 from wwjax.diagnostics._mpfit import MarchenkoPasturFit as MarchenkoPasturFit
 from wwjax.diagnostics._mpfit import fit_marchenko_pastur as fit_marchenko_pastur
 from wwjax.diagnostics._randomize import jensen_shannon_distance as jensen_shannon_distance
@@ -12,8 +14,10 @@ from wwjax.diagnostics._smoothing import svd_sharpness as svd_sharpness
 from wwjax.diagnostics._smoothing import svd_smoothing as svd_smoothing
 
 __all__ = (
+    "HillFit",
     "MarchenkoPasturFit",
     "fit_marchenko_pastur",
+    "hill_fit",
     "jensen_shannon_distance",
     "smoothing_ranks",
     "svd_sharpness",

@@ -3,7 +3,7 @@
 For each ESD row (ascending, zero-padded in front, as the engine's row fit sees it) and ``B`` resamples:
 
 * ``resample='esd'`` (the default): draw the row's fitted eigenvalues (those above ``max(1e-5, noise_floor)``)
-  with replacement, as many as there are, and refit with :func:`wwjax._powerlaw.fit_power_law`, the KS scan over
+  with replacement, as many as there are, and refit with :func:`wwjax.core._powerlaw.fit_power_law`, the KS scan over
   every xmin included. The spread then holds the uncertainty of xmin's choice as well as that of the tail's slope.
 * ``resample='tail'``: keep the fitted xmin, draw the ``num_pl_spikes − 1`` eigenvalues above it with replacement
   and recompute Hill's α at that xmin: ``O(n)`` per resample instead of ``O(n²)``, but blind to xmin's
@@ -16,7 +16,7 @@ alpha_ci_high]`` at ``level`` (0.95 by default). The interval is the *basic boot
 the resamples' shift from α̂ where the percentile interval adds it. Measured on Pareto spectra, it covers 0.92–0.95
 in every case tried, the percentile interval 0.915–0.99 (``docs/bootstrap.md``).
 
-The resample draws come from a counter-based hash of the key's data, the leaf's :func:`~wwjax._randomize.path_hash`,
+The resample draws come from a counter-based hash of the key's data, the leaf's :func:`~wwjax.diagnostics._randomize.path_hash`,
 the row, the resample number and the position counted from the top of the row: a leaf's interval depends on the
 key and the leaf only, not on the other leaves analysed with it or on the length its rows are padded to.
 """
@@ -33,8 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
-from wwjax._powerlaw import EVALS_THRESH, SMALL_N_CUTOFF, fit_power_law
-from wwjax._randomize import _mix32, as_key, path_hash
+from wwjax.core._powerlaw import EVALS_THRESH, SMALL_N_CUTOFF, fit_power_law
+from wwjax.diagnostics._randomize import _mix32, as_key, path_hash
 
 RESAMPLES = ("esd", "tail")
 INTERVALS = ("basic_log", "percentile")
@@ -89,7 +89,7 @@ def row_seeds(key, path: str, num_rows: int) -> Int[Array, "rows words"]:
 def uniforms(seed: Int[Array, " words"], resample: Int[Array, ""], n: int) -> Float[Array, " n"]:
     """``n`` uniforms in ``[0, 1)`` for one resample; entry ``j`` depends on ``(seed, resample, j)`` alone.
 
-    A counter-based integer hash (the mixer of :mod:`wwjax._randomize`), not ``jax.random``: the draw for
+    A counter-based integer hash (the mixer of :mod:`wwjax.diagnostics._randomize`), not ``jax.random``: the draw for
     position ``j`` must not depend on ``n`` (the padded length of a row changes with the other leaves of its group).
     """
     state = _mix32(resample.astype(jnp.uint32) * jnp.uint32(_GOLDEN) + jnp.uint32(0x632BE5AB))
@@ -132,7 +132,7 @@ def tail_alpha(evals, num_valid, noise_floor, xmin, num_tail, u, num_clipped: in
     """Hill's α at a fixed ``xmin`` on one replica of the tail: the ``num_tail − 1`` eigenvalues above xmin drawn
     with replacement, xmin kept (it adds ``ln 1 = 0`` and one to the count, as in the fit).
 
-    The formula is :func:`wwjax._powerlaw.candidate_fits`' at the candidate ``xmin``:
+    The formula is :func:`wwjax.core._powerlaw.candidate_fits`' at the candidate ``xmin``:
     ``1 + m/Σ ln(x/xmin)``, or ``1 + (m−1)/Σ…`` when fewer than 20 eigenvalues are fitted.
     """
     n = evals.shape[0]

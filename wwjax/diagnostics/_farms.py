@@ -38,9 +38,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from wwjax._layout import MatrixView, as_matrices, matrix_shape
-from wwjax._powerlaw import PowerLawFit, fit_power_law
-from wwjax._spectra import compute_dtype, rank_tolerance, resolve_method, slice_spectra
+from wwjax.core._layout import MatrixView, as_matrices, matrix_shape
+from wwjax.core._powerlaw import PowerLawFit, fit_power_law
+from wwjax.core._spectra import compute_dtype, rank_tolerance, resolve_method, slice_spectra
 
 FARMS_DEFAULTS = {"window_size": 100, "aspect_ratio": 1.0, "windows_per_dim": 9}
 
@@ -191,7 +191,7 @@ def farms_spectra(
 def fit_farms_rows(
     esd: Float[Array, "rows k"], window_cols: int, *, svd_method: str = "accurate", window_rows: int | None = None
 ) -> PowerLawFit:
-    """Fits the engine's power law (:func:`wwjax._powerlaw.fit_power_law`, the KS scan over xmin) to each pooled,
+    """Fits the engine's power law (:func:`wwjax.core._powerlaw.fit_power_law`, the KS scan over xmin) to each pooled,
     ascending FARMS ESD row; eigenvalues under the window solver's rank tolerance times λmax are not fitted.
 
     Example:

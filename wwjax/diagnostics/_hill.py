@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
-from wwjax._powerlaw import EVALS_THRESH, _ks_distances
+from wwjax.core._powerlaw import EVALS_THRESH, _ks_distances
 
 XminRule = Literal["median", "peak", "scan"]
 XMIN_RULES = ("median", "peak", "scan")

@@ -41,8 +41,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from wwjax._spectra import compute_dtype, resolve_method, slice_spectra
-from wwjax._tree import flatten_params
+from wwjax.core._spectra import compute_dtype, resolve_method, slice_spectra
+from wwjax.core._tree import flatten_params
 
 # (A segment, B segment, orientation when the shapes cannot tell): "flax" = A (in, r), B (r, out), ΔW = A·B;
 # "torch" = A (r, in), B (out, r), ΔW = B·A.

@@ -14,6 +14,17 @@ from wwjax.training._power_iteration import PowerIteration as PowerIteration
 from wwjax.training._power_iteration import power_iteration as power_iteration
 from wwjax.training._power_iteration import top_singular as top_singular
 
+from wwjax.training._pruning import Pruned as Pruned
+from wwjax.training._pruning import alpha_sparsity as alpha_sparsity
+from wwjax.training._pruning import keep_pruned as keep_pruned
+from wwjax.training._pruning import prune as prune
+from wwjax.training._pruning import sparsity_from_alpha as sparsity_from_alpha
+from wwjax.training._pruning import uniform_sparsity as uniform_sparsity
+from wwjax.training._pruning import wanda_scores as wanda_scores
+from wwjax.training._temperature_balance import TemperatureBalanceState as TemperatureBalanceState
+from wwjax.training._temperature_balance import temperature_balance as temperature_balance
+from wwjax.training._temperature_balance import temperature_factors as temperature_factors
+
 __all__ = (
     "PowerIteration",
     "SpectralMetrics",
@@ -27,4 +38,14 @@ __all__ = (
     "spectral_metrics",
     "spectral_penalty",
     "top_singular",
+    "Pruned",
+    "alpha_sparsity",
+    "keep_pruned",
+    "prune",
+    "sparsity_from_alpha",
+    "uniform_sparsity",
+    "wanda_scores",
+    "TemperatureBalanceState",
+    "temperature_balance",
+    "temperature_factors",
 )

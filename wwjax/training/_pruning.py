@@ -18,8 +18,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from wwjax import _results
-from wwjax._tree import normalize_keys
+from wwjax.core import _results
+from wwjax.core._tree import normalize_keys
 
 ScoreFn = Callable[[str, Array], Array]
 
@@ -81,7 +81,7 @@ def alpha_sparsity(
         alpha = {n.path: jnp.nanmean(n.alpha) for n in nodes}
         sizes = {n.path: math.prod(n.shape) for n in nodes}
     else:
-        from wwjax._monitor import spectral_metrics
+        from wwjax.training._monitor import spectral_metrics
 
         metrics = spectral_metrics(result_or_params, xmin=xmin, **options)
         alpha = {p: jnp.nanmean(a) for p, a in metrics.alpha.items()}
@@ -102,10 +102,12 @@ def alpha_sparsity(
 
 def uniform_sparsity(params, target: float, **options) -> dict[str, float]:
     """The baseline: every analysed layer (as :func:`wwjax.analyze` chooses them) at ``target`` sparsity."""
-    from wwjax._describe import describe
+    from wwjax.core._analyze import _PlannedLeaf, plan  # the plan from shapes alone, as describe() shows it
+    from wwjax.core._options import make_options
+    from wwjax.core._tree import flatten_params
 
-    table = describe(params, **options)
-    return {path: target for path in table.loc[table["status"] == "planned", "path"]}
+    planned = plan(flatten_params(params), make_options(**options))
+    return {leaf.info.path: target for leaf in planned if isinstance(leaf, _PlannedLeaf)}
 
 
 def wanda_scores(activation_norms: Mapping[str, Array]) -> ScoreFn:

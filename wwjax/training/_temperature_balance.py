@@ -26,8 +26,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
-from wwjax._monitor import spectral_metrics
-from wwjax._tree import normalize_keys
+from wwjax.training._monitor import spectral_metrics
+from wwjax.core._tree import normalize_keys
 
 AssignRule = Literal["linear", "sqrt", "log2", "step"]
 _ASSIGN_RULES = ("linear", "sqrt", "log2", "step")

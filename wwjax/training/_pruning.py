@@ -101,7 +101,14 @@ def alpha_sparsity(
 
 
 def uniform_sparsity(params, target: float, **options) -> dict[str, float]:
-    """The baseline: every analysed layer (as :func:`wwjax.analyze` chooses them) at ``target`` sparsity."""
+    """The baseline: every analysed layer (as :func:`wwjax.analyze` chooses them) at ``target`` sparsity.
+
+    Example:
+      >>> import numpy as np
+      >>> params = {"Dense_0": {"kernel": np.ones((16, 8)), "bias": np.ones(8)}}
+      >>> uniform_sparsity(params, 0.5)  # the bias is not a matrix: it is left as it is
+      {'Dense_0/kernel': 0.5}
+    """
     from wwjax.core._analyze import _PlannedLeaf, plan  # the plan from shapes alone, as describe() shows it
     from wwjax.core._options import make_options
     from wwjax.core._tree import flatten_params
@@ -114,6 +121,12 @@ def wanda_scores(activation_norms: Mapping[str, Array]) -> ScoreFn:
     """Wanda's importance ``|W_ij| · ‖x_i‖`` for kernels whose input axis is the second to last (Flax ``Dense``).
 
     ``activation_norms[path]`` is the L2 norm of each input feature over a calibration set, shape ``(in,)``.
+
+    Example:
+      >>> import numpy as np
+      >>> score = wanda_scores({"Dense_0/kernel": np.array([1.0, 10.0])})
+      >>> score("Dense_0/kernel", np.array([[-2.0, 1.0], [0.5, -0.5]])).tolist()  # row i scaled by ‖x_i‖
+      [[2.0, 1.0], [5.0, 5.0]]
     """
 
     def score(path: str, kernel: Array) -> Array:
@@ -194,6 +207,15 @@ def keep_pruned(masks):
     """An optax transform that zeroes the updates of pruned weights, so that they stay pruned in training.
 
     Chain it last: ``optax.chain(optax.adam(1e-3), keep_pruned(pruned.masks))``.
+
+    Example:
+      >>> import numpy as np, optax
+      >>> masks = {"kernel": np.array([True, False, True])}
+      >>> tx = optax.chain(optax.sgd(1.0), keep_pruned(masks))
+      >>> params = {"kernel": np.array([1.0, 0.0, 3.0], np.float32)}
+      >>> updates, _ = tx.update({"kernel": np.ones(3, np.float32)}, tx.init(params), params)
+      >>> updates["kernel"].tolist()
+      [-1.0, 0.0, -1.0]
     """
     import optax
 

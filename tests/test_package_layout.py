@@ -46,6 +46,9 @@ HOMES |= {
     "alpha_sparsity": "wwjax.training._pruning", "sparsity_from_alpha": "wwjax.training._pruning",
     "uniform_sparsity": "wwjax.training._pruning", "prune": "wwjax.training._pruning", "Pruned": "wwjax.training._pruning",
     "wanda_scores": "wwjax.training._pruning", "keep_pruned": "wwjax.training._pruning",
+    "farms_spectra": "wwjax.diagnostics._farms", "farms_alpha": "wwjax.diagnostics._farms",
+    "find_lora_pairs": "wwjax.diagnostics._lora", "lora_spectra": "wwjax.diagnostics._lora",
+    "LoraPair": "wwjax.diagnostics._lora",
 }
 
 
@@ -111,8 +114,11 @@ def test_no_comment_fences_remain():
 
 
 def _model(rng, width: int) -> dict:
+    # with a pair of LoRA-named factors: lora=False leaves them two ordinary matrices (no core, no extra program)
     return {"conv": {"kernel": rng.standard_t(4, (3, 3, 5, width)).astype(np.float32)},
-            "dense": {"kernel": rng.standard_t(4, (3 * width, width)).astype(np.float32)}}
+            "dense": {"kernel": rng.standard_t(4, (3 * width, width)).astype(np.float32),
+                      "lora_a": rng.standard_t(4, (3 * width, 9)).astype(np.float32),
+                      "lora_b": rng.standard_t(4, (9, width)).astype(np.float32)}}
 
 
 def test_options_that_are_off_compile_nothing_more():

@@ -227,6 +227,13 @@ def analyze(params, **options):
       inverse: analyse the ESD of 1/λ.
       conv2d_fft: analyse each convolution as the linear operator it is on an ``fft_size``-wide input grid
         (circular padding; default 32).
+      farms: every column on the FARMS ESD (the pooled spectra of fixed-aspect-ratio windows of each matrix), with
+        ``farms_window=100``, ``farms_aspect_ratio=1.0``, ``farms_windows_per_dim=9``; ``N``, ``M``, ``rf`` stay the
+        leaf's, ``num_evals`` counts the pooled ESD. See ``docs/farms.md``.
+      lora: analyse each LoRA adapter (``lora_a``/``lora_b``, ``lora_A``/``lora_B``, ``lora_down``/``lora_up``, and
+        ``lora_pairs={A: B}`` segments) as ``ΔW`` from the ``r×r`` core of its factors, at the A factor's path with
+        that segment renamed ``lora_delta``; ``lora_merged`` adds ``W + lora_scale·ΔW`` at ``…lora_merged…``. The
+        factor leaves are skipped with a reason; ``min_evals`` applies to ``r``. See ``docs/lora.md``.
 
     Returns:
       A nested dict keyed like ``params`` whose nodes are :class:`LayerMetrics` (analysed) or :class:`SkippedLeaf`.

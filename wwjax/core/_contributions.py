@@ -151,5 +151,6 @@ def row_columns(opts) -> tuple:
                  if s is not None)
 
 
-__all__ = ["ColumnsInput", "Contribution", "MatricesTransform", "MatrixSolver", "contributions", "option_defaults", "register",
+__all__ = ["ColumnsInput", "Contribution", "MatricesTransform", "MatrixSolver",
+           "contributions", "option_defaults", "register",
            "row_columns", "single_strategy", "unregister"]

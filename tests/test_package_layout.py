@@ -4,6 +4,7 @@ core never imports an area built on it), and optional analyses reach the core on
 from __future__ import annotations
 
 import ast
+import dataclasses
 import importlib
 import pathlib
 
@@ -14,6 +15,7 @@ import pytest
 import wwjax
 from wwjax.core import _contributions
 from wwjax.core._contributions import ColumnsInput, Contribution
+from wwjax.core._layout import LeafInfo, MatrixShape, MatrixView
 
 PACKAGE = pathlib.Path(wwjax.__file__).parent
 
@@ -46,6 +48,9 @@ HOMES |= {
     "alpha_sparsity": "wwjax.training._pruning", "sparsity_from_alpha": "wwjax.training._pruning",
     "uniform_sparsity": "wwjax.training._pruning", "prune": "wwjax.training._pruning", "Pruned": "wwjax.training._pruning",
     "wanda_scores": "wwjax.training._pruning", "keep_pruned": "wwjax.training._pruning",
+    "farms_spectra": "wwjax.diagnostics._farms", "farms_alpha": "wwjax.diagnostics._farms",
+    "find_lora_pairs": "wwjax.diagnostics._lora", "lora_spectra": "wwjax.diagnostics._lora",
+    "LoraPair": "wwjax.diagnostics._lora",
 }
 
 
@@ -111,8 +116,11 @@ def test_no_comment_fences_remain():
 
 
 def _model(rng, width: int) -> dict:
+    # with a pair of LoRA-named factors: lora=False leaves them two ordinary matrices (no core, no extra program)
     return {"conv": {"kernel": rng.standard_t(4, (3, 3, 5, width)).astype(np.float32)},
-            "dense": {"kernel": rng.standard_t(4, (3 * width, width)).astype(np.float32)}}
+            "dense": {"kernel": rng.standard_t(4, (3 * width, width)).astype(np.float32),
+                      "lora_a": rng.standard_t(4, (3 * width, 9)).astype(np.float32),
+                      "lora_b": rng.standard_t(4, (9, width)).astype(np.float32)}}
 
 
 def test_options_that_are_off_compile_nothing_more():
@@ -179,3 +187,52 @@ def test_two_row_fits_at_once_are_refused():
         assert bool(jnp.isfinite(plain.alpha).all())
     finally:
         _contributions.unregister("other_fit")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Halves:
+    """A toy MatricesTransform: each (N, M) matrix becomes its top and bottom halves (k = 2)."""
+
+    def __call__(self, mats):
+        n = mats.shape[-2] // 2
+        return jnp.stack([mats[..., :n, :], mats[..., n : 2 * n, :]], axis=2).reshape(
+            mats.shape[0], -1, n, mats.shape[-1])
+
+    def shape(self, shape):
+        return MatrixShape(shape.num_layers, 2 * shape.num_slices, shape.N // 2, shape.M)
+
+
+def _halves_plan(leaf, opts):
+    return dataclasses.replace(leaf, transform=_Halves()) if opts.halves else leaf
+
+
+def _sum_leaves(entries, opts):
+    """A toy leaves hook: ``a`` and ``b`` replaced by a derived ``a_plus_b``."""
+    if not opts.sum_ab:
+        return None
+    values = {info.path: value for info, value, _ in entries}
+    out = [(info, value, "summed" if info.path in ("a", "b") else skip) for info, value, skip in entries]
+    value = jnp.asarray(values["a"]) + jnp.asarray(values["b"])
+    info = LeafInfo("a_plus_b", ("a_plus_b",), tuple(value.shape), value.dtype, module_view=MatrixView((0,), (1,)))
+    return out + [(info, value, None)]
+
+
+def test_the_leaves_hook_and_a_matrices_transform_are_generic(x64):
+    """A toy of each: a derived leaf is analysed like the matrix it holds; a transformed leaf's rows pool the
+    spectra of its transformed matrices, while it reports its own N, M."""
+    _contributions.register(Contribution("halves", options={"halves": False}, plan=_halves_plan))
+    _contributions.register(Contribution("sum_ab", options={"sum_ab": False}, leaves=_sum_leaves))
+    try:
+        rng = np.random.default_rng(3)
+        a, b = rng.standard_t(3, (40, 12)), rng.standard_t(3, (40, 12))
+        summed = wwjax.analyze({"a": a, "b": b}, sum_ab=True)
+        assert summed["a"].reason == summed["b"].reason == "summed"
+        np.testing.assert_allclose(summed["a_plus_b"].esd[0], np.linalg.svd(a + b, compute_uv=False)[::-1] ** 2,
+                                   rtol=1e-10)
+        halves = wwjax.analyze({"w": a}, halves=True)["w"]
+        expected = np.sort(np.concatenate([np.linalg.svd(h, compute_uv=False) ** 2 for h in (a[:20], a[20:])]))
+        np.testing.assert_allclose(halves.esd[0], expected, rtol=1e-10)
+        assert (halves.N, halves.M, halves.num_evals) == (40, 12, 24)
+    finally:
+        _contributions.unregister("halves")
+        _contributions.unregister("sum_ab")

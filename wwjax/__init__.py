@@ -11,6 +11,8 @@ from wwjax.core import (
 # Optional analyses; importing them registers analyze()'s options (mp_fit, randomize, fix_fingers, fit, detX …).
 from wwjax.diagnostics import (
     HillFit, MarchenkoPasturFit, fit_marchenko_pastur, hill_fit, jensen_shannon_distance, smoothing_ranks, svd_sharpness, svd_smoothing,
+    # aspect-ratio-free spectra (FARMS) and LoRA adapters, also analyze(farms=True) / analyze(lora=True)
+    LoraPair, farms_alpha, farms_spectra, find_lora_pairs, lora_spectra,
 )
 
 # Training with spectra: the spectral norm penalty, power iteration, the monitor, the conv operator norm.

@@ -10,6 +10,7 @@ from wwjax.core._compilation import count_compilations as count_compilations
 from wwjax.core._compilation import enable_compilation_cache as enable_compilation_cache
 from wwjax.core._contributions import ColumnsInput as ColumnsInput
 from wwjax.core._contributions import Contribution as Contribution
+from wwjax.core._contributions import MatricesTransform as MatricesTransform
 from wwjax.core._contributions import MatrixSolver as MatrixSolver
 from wwjax.core._contributions import contributions as contributions
 from wwjax.core._contributions import register as register
@@ -33,6 +34,7 @@ __all__ = (
     "CompilationCount",
     "Contribution",
     "LayerMetrics",
+    "MatricesTransform",
     "MatrixSolver",
     "MatrixView",
     "PowerLawFit",

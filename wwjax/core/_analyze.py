@@ -39,10 +39,27 @@ class _PlannedLeaf:
     pooled: bool = True
     solver: Any = None  # a contribution's own solve of the leaf (conv2d_fft), instead of a shape bucket
     warning: str = ""  # the reading rests on a guess (a 3-D kernel read by its name …): which, and how to change it
+    # A contribution's map of the leaf's matrices to the ones solved (FARMS windows; see MatricesTransform): the
+    # shape buckets solve the transformed matrices; ``shape`` (the reported N, M, rf) stays the leaf's own.
+    transform: Any = None
+
+    @property
+    def solved(self) -> tuple[MatrixShape, bool]:
+        """The shape of the matrices the engine solves, and whether a row pools all of a layer's: a transformed
+        leaf's ``k`` matrices per original one are pooled per layer, or per kernel position with ``pool=False``
+        (then each position is one engine "layer")."""
+        if self.transform is None:
+            return self.shape, self.pooled
+        out = self.transform.shape(self.shape)
+        if self.pooled:
+            return out, True
+        per = out.num_slices // self.shape.num_slices
+        return MatrixShape(out.num_layers * self.shape.num_slices, per, out.rows, out.cols), True
 
     @property
     def num_evals(self) -> int:
-        return self.shape.M * (self.shape.num_slices if self.pooled else 1)
+        shape, pooled = self.solved
+        return shape.M * (shape.num_slices if pooled else 1)
 
 
 def _size_skip(planned: _PlannedLeaf, opts: AnalyzeOptions) -> str | None:
@@ -53,11 +70,12 @@ def _size_skip(planned: _PlannedLeaf, opts: AnalyzeOptions) -> str | None:
         return f"{n} eigenvalues > max_evals={opts.max_evals} (raise max_evals to analyse it)"
     if planned.shape.N > opts.max_N:
         return f"N={planned.shape.N} > max_N={opts.max_N} (raise max_N to analyse it)"
+    solved = planned.solved[0]
     if opts.max_bucket_bytes is not None and resolve_method(opts.svd_method) == "svd":
         itemsize = jnp.dtype(compute_dtype(None)).itemsize
-        needed = _engine.bytes_per_matrix(planned.shape.N, planned.shape.M, "svd", itemsize)
+        needed = _engine.bytes_per_matrix(solved.N, solved.M, "svd", itemsize)
         if needed > opts.max_bucket_bytes:
-            return (f"one {planned.shape.N}x{planned.shape.M} matrix needs {needed} bytes > max_bucket_bytes="
+            return (f"one {solved.N}x{solved.M} matrix needs {needed} bytes > max_bucket_bytes="
                     f"{opts.max_bucket_bytes} with svd_method={opts.svd_method!r} (use svd_method='fast', whose "
                     f"Gram is accumulated blockwise, or raise max_bucket_bytes)")
     return None
@@ -123,13 +141,15 @@ def _conv_scale(leaf: _PlannedLeaf, opts: AnalyzeOptions) -> float:
 
 
 def _engine_plan(leaf: _PlannedLeaf, opts: AnalyzeOptions, method: str, dtype) -> _engine.LeafPlan:
+    shape, pool = leaf.solved
     return _engine.LeafPlan(
         view=leaf.view,
-        shape=leaf.shape,
-        pool=opts.pool,
+        shape=shape,
+        pool=pool,
         scale=_conv_scale(leaf, opts),
-        rank_tol=rank_tolerance(method, leaf.shape.N, leaf.shape.M, dtype, refined=leaf.solver is None),
+        rank_tol=rank_tolerance(method, shape.N, shape.M, dtype, refined=leaf.solver is None),
         solver=leaf.solver,
+        transform=leaf.transform,
     )
 
 
@@ -207,6 +227,13 @@ def analyze(params, **options):
       inverse: analyse the ESD of 1/λ.
       conv2d_fft: analyse each convolution as the linear operator it is on an ``fft_size``-wide input grid
         (circular padding; default 32).
+      farms: every column on the FARMS ESD (the pooled spectra of fixed-aspect-ratio windows of each matrix), with
+        ``farms_window=100``, ``farms_aspect_ratio=1.0``, ``farms_windows_per_dim=9``; ``N``, ``M``, ``rf`` stay the
+        leaf's, ``num_evals`` counts the pooled ESD. See ``docs/farms.md``.
+      lora: analyse each LoRA adapter (``lora_a``/``lora_b``, ``lora_A``/``lora_B``, ``lora_down``/``lora_up``, and
+        ``lora_pairs={A: B}`` segments) as ``ΔW`` from the ``r×r`` core of its factors, at the A factor's path with
+        that segment renamed ``lora_delta``; ``lora_merged`` adds ``W + lora_scale·ΔW`` at ``…lora_merged…``. The
+        factor leaves are skipped with a reason; ``min_evals`` applies to ``r``. See ``docs/lora.md``.
 
     Returns:
       A nested dict keyed like ``params`` whose nodes are :class:`LayerMetrics` (analysed) or :class:`SkippedLeaf`.
@@ -224,6 +251,9 @@ def analyze(params, **options):
     """
     opts = make_options(**options)
     leaves = flatten_params(params)
+    for contribution in contributions():  # stage 0: leaves replaced or joined by derived ones (LoRA pairs)
+        if contribution.leaves is not None:
+            leaves = contribution.leaves(leaves, opts) or leaves
     planned = plan(leaves, opts)
     analysed = [(p, value) for p, (_, value, _) in zip(planned, leaves) if isinstance(p, _PlannedLeaf)]
     nodes: dict[str, Any] = {}

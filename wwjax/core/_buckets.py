@@ -41,6 +41,9 @@ class LeafPlan:
     # A contribution's own solve of this leaf (a hashable callable, see wwjax.core.MatrixSolver), run instead of a
     # bucket: conv2d_fft solves the convolution operator. None: the leaf's matrices go to the shape buckets.
     solver: Any = None
+    # A contribution's static map of the leaf's (L, S, N, M) matrices to the ones solved (see
+    # wwjax.core.MatricesTransform), applied inside the bucket's program; ``shape`` is then the transformed shape.
+    transform: Any = None
 
     @property
     def num_matrices(self) -> int:
@@ -199,14 +202,23 @@ def _blockwise_gram_spectrum(mat, block_rows: int, method: str, dtype):
     return SliceSpectra(evals[None], rank[None]), finite[None]
 
 
-@functools.partial(jax.jit, static_argnames=("views", "bucket", "method", "dtype", "mesh"))
-def solve_bucket(values: tuple, *, views: tuple[MatrixView, ...], bucket: Bucket, method: str, dtype, mesh=None):
+def _leaf_matrices(value, view: MatrixView, transform):
+    mats = as_matrices(value, view)
+    return mats if transform is None else transform(mats)
+
+
+@functools.partial(jax.jit, static_argnames=("views", "bucket", "method", "dtype", "mesh", "transforms"))
+def solve_bucket(values: tuple, *, views: tuple[MatrixView, ...], bucket: Bucket, method: str, dtype, mesh=None,
+                 transforms: tuple | None = None):
     """The spectra of one bucket's matrices: ``(evals (count, M) ascending, rank (count,), finite (count,))``.
 
-    ``values[j]`` is the leaf of ``bucket.pieces[j]`` and ``views[j]`` its matrix view.
+    ``values[j]`` is the leaf of ``bucket.pieces[j]``, ``views[j]`` its matrix view and ``transforms[j]`` the
+    contribution's map of its matrices (``None``: the matrices themselves; see ``LeafPlan.transform``).
     """
     n, m = bucket.N, bucket.M
-    mats = [as_matrices(v, view).reshape(-1, n, m)[p.start : p.stop] for v, view, p in zip(values, views, bucket.pieces)]
+    transforms = transforms or (None,) * len(values)
+    mats = [_leaf_matrices(v, view, t).reshape(-1, n, m)[p.start : p.stop]
+            for v, view, t, p in zip(values, views, transforms, bucket.pieces)]
     if bucket.block_rows:
         spectra, finite = _blockwise_gram_spectrum(mats[0][0], bucket.block_rows, method, dtype)
         return _replicated((spectra.evals, spectra.rank, finite), mesh)

@@ -5,8 +5,12 @@ knowing what the contribution is (``docs/architecture.md`` has the contract and 
 
 * ``options`` / ``check``: option names and defaults that :func:`wwjax.analyze` accepts (read as ``opts.<name>``),
   and a check that raises a TypeError/ValueError saying what to change;
+* ``leaves`` (stage 0, before the plan): ``leaves(entries, opts) -> entries | None``: the whole leaf list
+  ``[(LeafInfo, value, skip reason | None)]`` with some leaves replaced or joined by derived ones (LoRA factor pairs
+  by the small matrix of their product); traced like the rest, so ``jax.jit(analyze)`` still works;
 * ``plan`` (stage 1, host): ``plan(leaf, opts) -> leaf | str``: a different plan of a leaf (another shape, or a
-  ``solver`` that makes its matrices instead of a shape bucket), or the reason to skip it;
+  ``solver`` that makes its matrices instead of a shape bucket, or a ``transform`` of its matrices that the shape
+  buckets solve, see :class:`MatricesTransform`), or the reason to skip it;
 * ``row_fit`` / ``row_columns`` / ``esd_transform`` (stage 5, inside the jitted, vmapped row program): given the
   options, a hashable strategy object or ``None``;
 * ``columns`` (after stage 5, host-orchestrated): ``columns(stage: ColumnsInput) -> list[dict] | None``: per leaf, the
@@ -32,6 +36,23 @@ class MatrixSolver(Protocol):
     """
 
     def __call__(self, value, view, method: str, dtype) -> tuple:
+        ...
+
+
+class MatricesTransform(Protocol):
+    """A contribution's map of a planned leaf's matrices to the matrices that are solved: hashable, static.
+
+    Called inside the bucket's compiled program on ``as_matrices(value, view)`` ``(L, S, N, M)``; returns
+    ``(L, S·k, n, m)`` (``n >= m``), each of the ``S`` matrices becoming ``k`` consecutive ones (FARMS: its
+    windows). ``shape(MatrixShape) -> MatrixShape`` gives the result's shape from the leaf's, on the host. The new
+    matrices join the shape buckets of their ``(n, m)`` across all leaves; a row pools the ``S·k`` matrices of a layer
+    (``pool=False``: the ``k`` of one kernel position). The leaf's reported ``N``, ``M``, ``rf`` stay its own.
+    """
+
+    def __call__(self, mats):
+        ...
+
+    def shape(self, shape: Any) -> Any:
         ...
 
 
@@ -69,6 +90,7 @@ class Contribution:
     name: str
     options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     check: Callable[[Any], None] | None = None
+    leaves: Callable[[list, Any], list | None] | None = None
     plan: Callable[[Any, Any], Any] | None = None
     row_fit: Callable[[Any], Any] | None = None
     row_columns: Callable[[Any], Any] | None = None
@@ -129,5 +151,6 @@ def row_columns(opts) -> tuple:
                  if s is not None)
 
 
-__all__ = ["ColumnsInput", "Contribution", "MatrixSolver", "contributions", "option_defaults", "register",
+__all__ = ["ColumnsInput", "Contribution", "MatricesTransform", "MatrixSolver",
+           "contributions", "option_defaults", "register",
            "row_columns", "single_strategy", "unregister"]

@@ -42,7 +42,7 @@ def compute(
     buckets = plan_buckets(leaves, method, itemsize, max_bucket_bytes)
     solve_calls = [((tuple(values[p.leaf] for p in bucket.pieces),),
                     dict(views=tuple(leaves[p.leaf].view for p in bucket.pieces), bucket=bucket, method=method,
-                         dtype=dtype, mesh=mesh)) for bucket in buckets]
+                         dtype=dtype, mesh=mesh, **_transforms(leaves, bucket))) for bucket in buckets]
     pieces: list[list] = [[] for _ in leaves]  # per leaf: (first matrix, source, offset in source, count)
     # A matrix whose Gram is accumulated blockwise is not re-solved by the SVD: its rank counts at the Gram's floor.
     blockwise = {p.leaf for b in buckets if b.block_rows for p in b.pieces}
@@ -82,6 +82,13 @@ def compute(
         for i, m in zip(members, _split_group(metrics, [leaves[i] for i in members], num_clipped)):
             out[i] = m
     return out
+
+
+def _transforms(leaves: Sequence[LeafPlan], bucket: Bucket) -> dict:
+    """The ``transforms`` argument of a bucket's solve, absent when no leaf of it has one (the default analysis
+    calls ``solve_bucket`` exactly as before, so it compiles the same programs)."""
+    transforms = tuple(leaves[p.leaf].transform for p in bucket.pieces)
+    return {} if all(t is None for t in transforms) else {"transforms": transforms}
 
 
 _COMPILED_AHEAD: dict[tuple, None] = {}  # analyses whose programs this process compiled ahead (oldest first)

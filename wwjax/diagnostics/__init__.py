@@ -4,8 +4,13 @@ smoothing. Importing this package registers the options of :func:`wwjax.analyze`
 """
 
 from wwjax.diagnostics import _builtin  # noqa: F401  (registers the built-in contributions)
+from wwjax.diagnostics._farms import farms_alpha as farms_alpha
+from wwjax.diagnostics._farms import farms_spectra as farms_spectra
 from wwjax.diagnostics._hill import HillFit as HillFit
 from wwjax.diagnostics._hill import hill_fit as hill_fit
+from wwjax.diagnostics._lora import LoraPair as LoraPair
+from wwjax.diagnostics._lora import find_lora_pairs as find_lora_pairs
+from wwjax.diagnostics._lora import lora_spectra as lora_spectra
 from wwjax.diagnostics._mpfit import MarchenkoPasturFit as MarchenkoPasturFit
 from wwjax.diagnostics._mpfit import fit_marchenko_pastur as fit_marchenko_pastur
 from wwjax.diagnostics._randomize import jensen_shannon_distance as jensen_shannon_distance
@@ -15,10 +20,15 @@ from wwjax.diagnostics._smoothing import svd_smoothing as svd_smoothing
 
 __all__ = (
     "HillFit",
+    "LoraPair",
     "MarchenkoPasturFit",
+    "farms_alpha",
+    "farms_spectra",
+    "find_lora_pairs",
     "fit_marchenko_pastur",
     "hill_fit",
     "jensen_shannon_distance",
+    "lora_spectra",
     "smoothing_ranks",
     "svd_sharpness",
     "svd_smoothing",

@@ -2,7 +2,9 @@
 
 Each option plugs into the stage it changes (``wwjax.core._contributions``): the tail options replace the row fit,
 ``detX`` adds per-row columns in the row program, ``inverse`` transforms the ESD before the fit, ``conv2d_fft``
-plans a conv leaf as the operator it is, and ``mp_fit`` / ``randomize`` / ``vectors`` add columns after the fit.
+plans a conv leaf as the operator it is, ``farms`` plans a leaf as its fixed-aspect-ratio windows, ``lora``
+replaces adapter factor pairs by their product's small core before the plan, and ``mp_fit`` / ``randomize`` /
+``vectors`` add columns after the fit.
 Registration order is the order the hooks run, the columns appear and the options are listed.
 """
 
@@ -14,7 +16,9 @@ import jax.numpy as jnp
 from wwjax.core._contributions import Contribution, register
 from wwjax.diagnostics._conv_fft import OperatorSolver, plan_operator
 from wwjax.diagnostics._detx import DetXColumns
+from wwjax.diagnostics._farms import FARMS_DEFAULTS, check_analyze_farms, plan_farms
 from wwjax.diagnostics._inverse import invert_esd
+from wwjax.diagnostics._lora import check_analyze_lora, lora_leaves
 from wwjax.diagnostics._mp_randomize import add_diagnostics, check_options
 from wwjax.diagnostics._tail import check_flag, check_tail_options, tail_fit
 from wwjax.diagnostics._vectors import leaf_vector_metrics
@@ -64,6 +68,15 @@ BUILTIN = (
     Contribution("inverse", options=dict(inverse=False), check=lambda opts: check_flag(opts, "inverse"),
                  esd_transform=lambda opts: invert_esd if opts.inverse else None),
     Contribution("conv2d_fft", options=dict(conv2d_fft=False, fft_size=32), check=_check_fft, plan=plan_operator),
+    Contribution(
+        "farms",
+        options=dict(farms=False, farms_window=FARMS_DEFAULTS["window_size"],
+                     farms_aspect_ratio=FARMS_DEFAULTS["aspect_ratio"],
+                     farms_windows_per_dim=FARMS_DEFAULTS["windows_per_dim"]),
+        check=check_analyze_farms, plan=plan_farms,
+    ),
+    Contribution("lora", options=dict(lora=False, lora_merged=False, lora_pairs=None, lora_scale=1.0),
+                 check=check_analyze_lora, leaves=lora_leaves),
     Contribution(
         "mp_randomize",
         options=dict(mp_fit=False, randomize=False, key=None, trap_elements=0, fresh_r2=False),

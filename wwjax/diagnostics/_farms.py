@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from wwjax.core._layout import MatrixView, as_matrices, matrix_shape
+from wwjax.core._layout import MatrixShape, MatrixView, as_matrices, matrix_shape
 from wwjax.core._powerlaw import PowerLawFit, fit_power_law
 from wwjax.core._spectra import compute_dtype, rank_tolerance, resolve_method, slice_spectra
 
@@ -233,3 +233,58 @@ def farms_alpha(
     plan = farms_windows(ms.N, ms.M, **options)
     esd = farms_spectra(value, view, svd_method=svd_method, **options)
     return fit_farms_rows(esd, plan.cols, svd_method=svd_method, window_rows=plan.rows)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# analyze(farms=True): the windows as a transform of a leaf's matrices, solved in the core's shape buckets
+
+
+@dataclasses.dataclass(frozen=True)
+class FarmsTransform:
+    """The windows of a planned leaf (a :class:`wwjax.core.MatricesTransform`): ``(L, S, N, M)`` matrices to their
+    ``(L, S·W, n, m)`` windows, cut inside the bucket's program; the windows of every leaf join the buckets of their
+    shape, so all windows of one shape across the model are one batched eigen-solve.
+
+    Example:
+      >>> from wwjax.core._layout import MatrixShape
+      >>> FarmsTransform(farms_windows(300, 120, windows_per_dim=3)).shape(MatrixShape(1, 9, 300, 120))
+      MatrixShape(num_layers=1, num_slices=81, rows=100, cols=100)
+    """
+
+    plan: FarmsPlan
+
+    def __call__(self, mats: Float[Array, "L S N M"]) -> Float[Array, "L SW n m"]:
+        return farms_matrices(mats, self.plan)
+
+    def shape(self, shape: MatrixShape) -> MatrixShape:
+        return MatrixShape(shape.num_layers, shape.num_slices * self.plan.num_windows, self.plan.rows, self.plan.cols)
+
+
+def farms_options(opts) -> dict:
+    """The FARMS parameters of an analysis' options, by :func:`farms_windows`' names."""
+    return dict(window_size=opts.farms_window, aspect_ratio=opts.farms_aspect_ratio,
+                windows_per_dim=opts.farms_windows_per_dim)
+
+
+def check_analyze_farms(opts) -> None:
+    """The checks of ``analyze(farms=...)``: the flag, the parameters, and the options it cannot be combined with."""
+    if not isinstance(opts.farms, bool):
+        raise TypeError(f"farms must be True or False, got {opts.farms!r}")
+    check_farms_options(**farms_options(opts))
+    if opts.farms:
+        # These re-solve the whole matrices after the fit: their columns would not be those of the FARMS ESD.
+        clash = [name for name in ("conv2d_fft", "mp_fit", "randomize", "vectors") if getattr(opts, name)]
+        if clash:
+            raise ValueError(f"farms=True cannot be combined with {', '.join(f'{c}=True' for c in clash)} (they "
+                             "analyse the whole matrices, not the FARMS windows); run them in a separate analysis")
+
+
+def plan_farms(leaf, opts):
+    """The plan hook of ``analyze(farms=True)``: the leaf read through its FARMS windows, or why it cannot be."""
+    if not opts.farms:
+        return leaf
+    try:
+        plan = farms_windows(leaf.shape.N, leaf.shape.M, **farms_options(opts))
+    except ValueError as error:
+        return str(error)
+    return dataclasses.replace(leaf, transform=FarmsTransform(plan))

@@ -198,23 +198,7 @@ def find_lora_pairs(params, pairs: Mapping[str, str] | None = None) -> list[Lora
       >>> [(p.name, p.layout, p.rank, p.base_path) for p in find_lora_pairs(tree)]
       [('q/lora/lora_delta', 'flax', 2, 'q/kernel')]
     """
-    known = list(LORA_PAIRS) + [(a, b, "flax") for a, b in (pairs or {}).items()]
-    leaves = {_segments(info.path): (info.path, info.shape) for info, _, _ in flatten_params(params)}
-    found = []
-    for segments, (path, shape) in leaves.items():
-        for a_token, b_token, default in known:
-            if a_token not in segments:
-                continue
-            at = segments.index(a_token)
-            b_segments = segments[:at] + (b_token,) + segments[at + 1 :]
-            if b_segments not in leaves:
-                raise ValueError(f"LoRA factor {path!r} has no {b_token!r} partner; pass pairs= naming its segments")
-            b_path, b_shape = leaves[b_segments]
-            layout, rank = infer_layout(shape, b_shape, default, path)
-            base = next((leaves[c][0] for c in _base_candidates(segments[:at]) if c in leaves), None)
-            name = "/".join(segments[:at] + ("lora_delta",) + segments[at + 1 :])
-            found.append(LoraPair(name, path, b_path, layout, rank, base))
-    return found
+    return [pair for pair, _ in _pairs_in([info for info, _, _ in flatten_params(params)], pairs)]
 
 
 def _leaf_values(params) -> dict[str, np.ndarray]:
@@ -269,3 +253,117 @@ def lora_tree_spectra(
             evals = slice_spectra(stack.reshape(-1, *stack.shape[-2:]), method=method).evals
             out[pair.name.replace("lora_delta", "lora_merged")] = evals
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# analyze(lora=True): the adapter pairs replaced by derived leaves, before the plan
+
+
+def _pairs_in(infos, pairs: Mapping[str, str] | None) -> list[tuple[LoraPair, str]]:
+    """The adapters among ``infos`` (LeafInfo of the array leaves), each with the A segment it was found by."""
+    known = list(LORA_PAIRS) + [(a, b, "flax") for a, b in (pairs or {}).items()]
+    leaves = {_segments(info.path): (info.path, info.shape) for info in infos if info.shape is not None}
+    found = []
+    for segments, (path, shape) in leaves.items():
+        for a_token, b_token, default in known:
+            if a_token not in segments:
+                continue
+            at = segments.index(a_token)
+            b_segments = segments[:at] + (b_token,) + segments[at + 1 :]
+            if b_segments not in leaves:
+                raise ValueError(f"LoRA factor {path!r} has no {b_token!r} partner; pass pairs= naming its segments")
+            b_path, b_shape = leaves[b_segments]
+            layout, rank = infer_layout(shape, b_shape, default, path)
+            base = next((leaves[c][0] for c in _base_candidates(segments[:at]) if c in leaves), None)
+            name = "/".join(segments[:at] + ("lora_delta",) + segments[at + 1 :])
+            found.append((LoraPair(name, path, b_path, layout, rank, base), a_token))
+    return found
+
+
+def _renamed(keys: tuple[str, ...], token: str, new: str) -> tuple[str, ...]:
+    """``keys`` with the first path segment ``token`` (in a key, between ``/`` and ``.``) replaced by ``new``."""
+    for i, key in enumerate(keys):
+        parts = re.split(r"([/.])", key)
+        if token in parts:
+            parts[parts.index(token)] = new
+            return keys[:i] + ("".join(parts),) + keys[i + 1 :]
+    raise AssertionError(f"{token!r} not in {keys}")
+
+
+def _matrix_view(ndim: int):
+    from wwjax.core._layout import MatrixView
+
+    return MatrixView((ndim - 2,), (ndim - 1,), layer_axes=tuple(range(ndim - 2)), layer_type="dense")
+
+
+@functools.partial(jax.jit, static_argnames=("layout",))
+def _core_leaf(a, b, layout: str):
+    core = lora_core(a, b, layout)
+    return core.reshape(*a.shape[:-2], *core.shape[-2:])
+
+
+@functools.partial(jax.jit, static_argnames=("layout",))
+def _merged_leaf(base, a, b, layout: str, scale):
+    delta = lora_delta(a, b, layout)
+    if delta.shape != base.shape:
+        raise ValueError(f"the LoRA update has shape {delta.shape} (layout {layout!r}), the base {base.shape}")
+    return base + scale * delta
+
+
+def check_analyze_lora(opts) -> None:
+    """The checks of ``analyze(lora=..., lora_merged=..., lora_pairs=..., lora_scale=...)``."""
+    for flag in ("lora", "lora_merged"):
+        if not isinstance(getattr(opts, flag), bool):
+            raise TypeError(f"{flag} must be True or False, got {getattr(opts, flag)!r}")
+    pairs = opts.lora_pairs
+    if pairs is not None and not (isinstance(pairs, Mapping) and all(
+            isinstance(k, str) and isinstance(v, str) for k, v in pairs.items())):
+        raise TypeError(f"lora_pairs must map A segments to B segments (e.g. {{'down': 'up'}}), got {pairs!r}")
+    if pairs and not (opts.lora or opts.lora_merged):
+        raise ValueError("lora_pairs names adapter factors for lora=True or lora_merged=True; turn one of them on")
+    if isinstance(opts.lora_scale, bool) or not isinstance(opts.lora_scale, (int, float)):
+        raise TypeError(f"lora_scale must be a number (PEFT's lora_alpha / r), got {opts.lora_scale!r}")
+
+
+def lora_leaves(entries: list, opts) -> list | None:
+    """The ``leaves`` hook of ``analyze(lora=True)``: each adapter's two factor leaves are skipped (the reason names
+    where they are analysed) and joined by derived leaves: ``…/lora_delta/…`` (the ``r×r`` core whose eigenvalues
+    are the nonzero ones of ``ΔW``, with ``lora=True``) and ``…/lora_merged/…`` (``W + lora_scale·ΔW``, with
+    ``lora_merged=True``), at the A factor's path with its A segment renamed. Traceable (under ``jax.jit``)."""
+    if not (opts.lora or opts.lora_merged):
+        return None
+    from wwjax.core._layout import LeafInfo
+
+    usable = [info for info, _, skip in entries if skip is None]
+    found = _pairs_in(usable, opts.lora_pairs)
+    if not found:
+        return None
+    index = {info.path: k for k, (info, _, _) in enumerate(entries)}
+    dtype = compute_dtype(None)
+    out = list(entries)
+    derived: dict[int, list] = {}
+    for pair, token in found:
+        a_info, a, _ = entries[index[pair.a_path]]
+        b_info, b, _ = entries[index[pair.b_path]]
+        a, b = jnp.asarray(a, dtype), jnp.asarray(b, dtype)
+        made = []
+        if opts.lora:
+            value = _core_leaf(a, b, pair.layout)
+            made.append((_renamed(a_info.keys, token, "lora_delta"), value))
+        if opts.lora_merged:
+            if pair.base_path is None:
+                raise ValueError(
+                    f"no base weight found next to the LoRA adapter {pair.a_path!r} (looked for kernel, "
+                    "base_module/kernel, base_layer/weight, weight); analyse ΔW alone with lora_merged=False")
+            base = jnp.asarray(entries[index[pair.base_path]][1], dtype)
+            value = _merged_leaf(base, a, b, pair.layout, jnp.asarray(opts.lora_scale, dtype))
+            made.append((_renamed(a_info.keys, token, "lora_merged"), value))
+        where = " and ".join("/".join(keys) for keys, _ in made)
+        for info in (a_info, b_info):
+            out[index[info.path]] = (info, entries[index[info.path]][1],
+                                     f"LoRA factor (rank {pair.rank}): analysed as {where}")
+        last = max(index[pair.a_path], index[pair.b_path])
+        derived.setdefault(last, []).extend(
+            (LeafInfo("/".join(keys), keys, tuple(value.shape), value.dtype, module_type="LoRA",
+                      module_view=_matrix_view(value.ndim)), value, None) for keys, value in made)
+    return [item for k, entry in enumerate(out) for item in [entry] + derived.get(k, [])]

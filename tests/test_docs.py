@@ -67,7 +67,16 @@ def test_every_docs_page_has_a_runnable_example():
     assert counted["getting-started.md"] >= 4 and counted["metrics.md"] >= 3, counted
 
 
-@pytest.mark.parametrize("page", [p for p in PAGES if python_blocks(p.read_text())], ids=lambda p: p.name)
+# Pages whose examples take longest (whole models, several options): run with -m slow, which CI runs too.
+SLOW_PAGES = {"getting-started.md", "diagnostics-advanced.md", "metrics.md", "scaling.md", "reading-leaves.md"}
+
+
+@pytest.mark.parametrize(
+    "page",
+    [pytest.param(p, marks=pytest.mark.slow) if p.name in SLOW_PAGES else p
+     for p in PAGES if python_blocks(p.read_text())],
+    ids=lambda p: p.name,
+)
 def test_docs_examples_run(page, tmp_path, monkeypatch):
     """Runs a page's blocks in order in one namespace (later blocks use earlier names), from a scratch folder."""
     blocks = python_blocks(page.read_text())

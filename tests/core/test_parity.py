@@ -81,7 +81,7 @@ def test_parity_float64_svd(config, golden_params, x64):
     _assert_close(single[single.path != FAILED_FIT], ["sv_min"], 1e-6)
 
 
-@pytest.mark.parametrize("config", ["pool_false", pytest.param("default", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("config", [pytest.param(c, marks=pytest.mark.slow) for c in ("pool_false", "default")])
 def test_parity_float64_gram(config, golden_params, x64):
     joined = _check_config(config, golden_params, "fast", rtol=1e-6, exact_ranks=False)
     _assert_close(joined[joined.path != FAILED_FIT], RANK_COLUMNS, 1e-6)

@@ -143,6 +143,7 @@ def test_gaussian_matrix_has_no_traps_and_a_planted_element_makes_one():
     assert float(p.extra["max_rand_eval"][0]) > 10 * float(p.extra["rand_bulk_max"][0])
 
 
+@pytest.mark.slow
 def test_pool_false_gives_one_randomized_row_per_kernel_position():
     kernel = heavy_tailed(np.random.default_rng(3), (3, 3, 8, 16))
     result = wwjax.analyze({"conv": {"kernel": kernel}}, pool=False, randomize=True, key=1, mp_fit=True,

@@ -224,6 +224,7 @@ def _e_tpl(params):
     return details, inside
 
 
+@pytest.mark.slow
 def test_e_tpl_searches_xmin_at_the_esd_peak(golden_params, x64):
     params = _tpl_params(golden_params, ["heavy"])
     details, inside = _e_tpl(params)

@@ -223,8 +223,8 @@ def farms_alpha(
 
     Example:
       >>> import numpy as np
-      >>> w = np.random.default_rng(0).standard_t(3, size=(512, 128)).astype(np.float32)
-      >>> fit = farms_alpha(w, MatrixView((0,), (1,)))
+      >>> w = np.random.default_rng(0).standard_t(3, size=(256, 64)).astype(np.float32)
+      >>> fit = farms_alpha(w, MatrixView((0,), (1,)), window_size=32, windows_per_dim=3)  # 9 windows of 32×32
       >>> fit.alpha.shape, bool(fit.ok[0])
       ((1,), True)
     """

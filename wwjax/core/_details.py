@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from wwjax.core import _results
+from wwjax.core._contributions import contributions
 
 if TYPE_CHECKING:  # pandas is imported by details() itself: `import wwjax` and summary() do without it
     import pandas as pd
@@ -195,6 +196,9 @@ def summary(result) -> dict:
         for name in SUMMARY_METRICS:
             values = [xp.ravel(xp.asarray(getattr(n, name))) for n in nodes]
             means[name] = xp.nanmean(xp.concatenate(values)) if values else xp.asarray(xp.nan)
+    for contribution in contributions():  # entries of the contributions' own columns (alpha_sem …)
+        if contribution.summary is not None:
+            means.update(contribution.summary(nodes) or {})
     if traced:
         return means
     return {k: float(v) for k, v in means.items()}

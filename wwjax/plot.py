@@ -259,7 +259,7 @@ def layers(result, metric: str = "alpha", *, ax=None, save=None):
     x = np.arange(len(values))
     ax.plot(x, values, "o-", color="tab:blue")
     if metric == "alpha" and "alpha_ci_low" in table:  # analyze(bootstrap=B): each row's interval as a bar
-        draw_alpha_intervals(ax, table, label="bootstrap interval")
+        draw_alpha_intervals(ax, table, lw=2, alpha=0.5, label="bootstrap interval")
     if metric == "alpha":
         ax.axhspan(2.0, 6.0, color=ESD_COLOR, alpha=0.12, label="2 ≤ α ≤ 6")
         ax.legend()

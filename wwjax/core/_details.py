@@ -176,7 +176,9 @@ def summary(result) -> dict:
     """WeightWatcher's ``get_summary``: the mean of each summary metric over the analysed rows.
 
     Failed rows (NaN α) are left out of the α-based means rather than averaged in as −1 as WeightWatcher does.
-    Works inside ``jax.jit`` too (then the values are jax scalars).
+    Works inside ``jax.jit`` too (then the values are jax scalars). Optional analyses add their entries (with
+    ``analyze(..., bootstrap=B)``: ``alpha_sem``, the standard error of the mean α, ``√(Σ alpha_std²)/k`` over the
+    ``k`` rows with a finite α).
 
     Example:
       >>> import numpy as np, wwjax

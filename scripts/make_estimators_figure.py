@@ -75,7 +75,8 @@ def main() -> None:
     ks = frame["KS scan (WeightWatcher)"]
     for label in list(FITS)[1:]:
         diff = frame[label] - ks
-        print(f"{label}: mean α {frame[label].mean():.2f} (KS {ks.mean():.2f}); α − α_KS median {diff.median():+.2f}, "
+        print(f"{label}: mean α {frame[label].mean():.2f} (KS {ks.mean():.2f}); "
+              f"α − α_KS median {diff.median():+.2f}, "
               f"range [{diff.min():+.2f}, {diff.max():+.2f}]; Spearman ρ with KS "
               f"{frame[label].rank().corr(ks.rank()):.2f}; median tail {frame[label + ' tail'].median():.0f} "
               f"(KS {frame['KS scan (WeightWatcher) tail'].median():.0f})")

@@ -5,7 +5,8 @@ For each ESD row (ascending, zero-padded in front, as the engine's row fit sees 
 * ``resample='esd'`` (the default): draw the row's fitted eigenvalues (those above ``max(1e-5, noise_floor)``)
   with replacement, as many as there are, and refit with the row fit of the analysis (``refit``: the KS power law
   :func:`wwjax.core._powerlaw.fit_power_law` by default, the KS scan over every xmin included; the Hill rule of
-  ``analyze(xmin=...)``, :class:`~wwjax.diagnostics._hill.HillRowFit`, when one is set). The spread then holds the uncertainty of xmin's choice as well as that of the tail's slope.
+  ``analyze(xmin=...)``, :class:`~wwjax.diagnostics._hill.HillRowFit`, when one is set). The spread then holds
+  the uncertainty of xmin's choice as well as that of the tail's slope.
 * ``resample='tail'``: keep the fitted xmin, draw the ``num_pl_spikes − 1`` eigenvalues above it with replacement
   and recompute Hill's α at that xmin: ``O(n)`` per resample instead of ``O(n²)``, but blind to xmin's
   uncertainty, and measurably too narrow for it (``docs/bootstrap.md`` has the coverage of both).

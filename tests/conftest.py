@@ -117,3 +117,39 @@ def trained_run(tmp_path_factory):
     params saved at each step, shared by the checkpoint and command-line tests."""
     directory = tmp_path_factory.mktemp("run")
     return directory, train_checkpoints(directory)
+
+
+def reference_hill_fit(eigs, xmin_rule, *, xmin_pos=2, bins=100, filter_zeros=True, thresh=1e-5, linear_lower=False):
+    """TempBalance's / AlphaPruning's ``net_esd_estimator`` fit of one ESD, its per-layer loop line by line in NumPy
+    (float64): returns (alpha, D). ``xmin_rule``: 'median', 'peak' or 'scan' (their ``fix_fingers=None``)."""
+    eigs = np.sort(np.asarray(eigs, np.float64))
+    nz = eigs[eigs > thresh] if filter_zeros else eigs
+    if len(nz) == 0:
+        nz = eigs
+    N = len(nz)
+    log_nz = np.log(nz)
+    if xmin_rule == "median":
+        i = int(N / xmin_pos)
+        n = float(N - i)
+        alpha = 1 + n / (np.sum(log_nz[i:]) - n * log_nz[i])
+        D = np.max(np.abs(1 - (nz[i:] / nz[i]) ** (-alpha + 1) - np.arange(n) / n))
+        return alpha, D
+    alphas, Ds = np.zeros(N - 1), np.ones(N - 1)
+    if xmin_rule == "peak":
+        counts, edges = np.histogram(np.log10(nz), bins=bins)
+        peak = 10 ** edges[np.argmax(counts)]
+        xmin_min = 0.95 * peak if linear_lower else np.log10(0.95 * peak)
+        xmin_max = 1.5 * peak
+    for i, xmin in enumerate(nz[:-1]):
+        if xmin_rule == "peak":
+            if xmin < xmin_min:
+                continue
+            if xmin > xmin_max:
+                break
+        n = float(N - i)
+        alpha = 1 + n / (np.sum(log_nz[i:]) - n * log_nz[i])
+        alphas[i] = alpha
+        if alpha > 1:
+            Ds[i] = np.max(np.abs(1 - (nz[i:] / xmin) ** (-alpha + 1) - np.arange(n) / n))
+    best = np.argmin(Ds)
+    return alphas[best], Ds[best]

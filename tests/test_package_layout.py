@@ -125,10 +125,11 @@ def _model(rng, width: int) -> dict:
 
 def test_options_that_are_off_compile_nothing_more():
     """The default analysis compiles the same programs with every built-in contribution registered as with none:
-    two models of the same structure and fresh shapes, one analysed each way."""
+    two models of the same structure and fresh shapes, one analysed each way (the registered one with the
+    estimators' options, xmin= and bootstrap=, given explicitly off: their defaults)."""
     rng = np.random.default_rng(0)
     with wwjax.count_compilations() as registered:
-        wwjax.analyze(_model(rng, 41))
+        wwjax.analyze(_model(rng, 41), xmin=None, bootstrap=0, bootstrap_level=0.9)
     saved = _contributions.contributions()
     try:
         for contribution in saved:
@@ -153,13 +154,21 @@ def test_a_registered_contribution_adds_an_option_and_a_column():
         if not isinstance(opts.top_eval, (int, float)):
             raise TypeError(f"top_eval must be a number, got {opts.top_eval!r}")
 
-    _contributions.register(Contribution("top_eval", options={"top_eval": 0}, check=check, columns=_top_eval))
+    def summary(nodes):  # the summary hook: an entry from the contribution's own column, when it is there
+        tops = [float(n.extra["top_eval"].max()) for n in nodes if "top_eval" in n.extra]
+        return {"top_eval_max": max(tops)} if tops else None
+
+    _contributions.register(Contribution("top_eval", options={"top_eval": 0}, check=check, columns=_top_eval,
+                                         summary=summary))
     try:
         w = np.random.default_rng(1).standard_t(3, (120, 60)).astype(np.float32)
-        node = wwjax.analyze({"w": w}, top_eval=2)["w"]
+        result = wwjax.analyze({"w": w}, top_eval=2)
+        node = result["w"]
         largest = np.linalg.svd(w.astype(np.float64), compute_uv=False)[0] ** 2
         np.testing.assert_allclose(np.asarray(node.extra["top_eval"]), [2 * largest], rtol=1e-4)
+        np.testing.assert_allclose(wwjax.summary(result)["top_eval_max"], 2 * largest, rtol=1e-4)
         assert "top_eval" not in wwjax.analyze({"w": w})["w"].extra
+        assert "top_eval_max" not in wwjax.summary(wwjax.analyze({"w": w}))
         with pytest.raises(TypeError, match="top_eval must be a number"):
             wwjax.analyze({"w": w}, top_eval="big")
         with pytest.raises(TypeError, match=r"analyze\(\) takes .*min_evals.*mp_fit.*top_eval"):

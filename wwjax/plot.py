@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from wwjax.core import _results
+from wwjax.diagnostics._bootstrap import draw_alpha_intervals
 from wwjax.diagnostics._mpfit import fit_marchenko_pastur
 from wwjax.core._powerlaw import EVALS_THRESH, candidate_fits
 
@@ -233,7 +234,8 @@ def ks_alpha(layer, path: str | None = None, *, row: int = 0, ax=None, save=None
 def layers(result, metric: str = "alpha", *, ax=None, save=None):
     """A metric across the model's rows, in the order of :func:`wwjax.details` (α: the 2–6 band shaded).
 
-    Any numeric column of ``details`` works, the optional ones included (``rand_distance``, ``num_spikes`` …).
+    Any numeric column of ``details`` works, the optional ones included (``rand_distance``, ``num_spikes`` …). With
+    α of an ``analyze(..., bootstrap=B)`` result each row's ``[alpha_ci_low, alpha_ci_high]`` is drawn as a bar.
 
     Example:
       >>> import numpy as np, wwjax, wwjax.plot
@@ -256,6 +258,8 @@ def layers(result, metric: str = "alpha", *, ax=None, save=None):
     fig, ax = _figure(ax, width=max(6.4, 0.35 * len(values)))
     x = np.arange(len(values))
     ax.plot(x, values, "o-", color="tab:blue")
+    if metric == "alpha" and "alpha_ci_low" in table:  # analyze(bootstrap=B): each row's interval as a bar
+        draw_alpha_intervals(ax, table, lw=2, alpha=0.5, label="bootstrap interval")
     if metric == "alpha":
         ax.axhspan(2.0, 6.0, color=ESD_COLOR, alpha=0.12, label="2 ≤ α ≤ 6")
         ax.legend()

@@ -195,7 +195,7 @@ def test_check_options_says_what_to_change():
         (dict(bootstrap=1), "number of resamples"), (dict(bootstrap=True), "number of resamples"),
         (dict(bootstrap_level=1.0), "strictly between 0 and 1"), (dict(bootstrap_resample="xmin"), "one of"),
         (dict(bootstrap_interval="bca"), "one of"), (dict(bootstrap=100), "pass key="),
-        (dict(bootstrap=100, key=0, fit="TPL"), "plain power law"),
+        (dict(bootstrap=100, key=0, fit="TPL"), "can redo only the KS power law"),
     ]:
         with pytest.raises(ValueError, match=message):
             check_options(types.SimpleNamespace(**{**vars(opts), **change}))

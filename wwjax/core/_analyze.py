@@ -212,7 +212,8 @@ def analyze(params, **options):
         ``bulk_max``, ``bulk_min``). See ``docs/diagnostics.md``.
       randomize: add the randomized-ESD and correlation-trap columns (``rand_distance``, ``ww_softrank``,
         ``ww_maxdist``, ``max_rand_eval``, ``num_traps`` and the ``rand_*`` MP fit); needs ``key``.
-      key: an int seed or a ``jax.random`` key for ``randomize``: the same key gives the same numbers.
+      key: an int seed or a ``jax.random`` key for ``randomize`` and ``bootstrap``: the same key gives the same
+        numbers.
       fresh_r2: with ``randomize``, compare the ESD with one more shuffle of each matrix (``rand_distance``,
         ``ww_softrank``, ``ww_maxdist``) as WeightWatcher does, at the cost of one more eigen-solve per matrix.
         False (default): they use the shuffle whose spectrum the ``rand_*`` MP fit and ``max_rand_eval`` see.
@@ -222,6 +223,17 @@ def analyze(params, **options):
         ``raw_alpha``) or ``'xmin_peak'`` (with ``xmin_max``); see ``docs/diagnostics-advanced.md``.
       fit: ``'PL'`` (the power law, default), ``'TPL'`` (the truncated power law x^−α·e^−λx, powerlaw 1.5's fit;
         adds ``Lambda``, ``sigma`` is NaN) or ``'E_TPL'`` (the TPL with xmin searched as ``'xmin_peak'`` does).
+      xmin: None (WeightWatcher's KS scan over every xmin), or a fixed xmin rule of TempBalance / AlphaPruning with
+        Hill's estimator: ``'median'`` (xmin at the ``1/xmin_pos`` quantile of the kept eigenvalues, ``xmin_pos=2``),
+        ``'peak'`` (the KS scan restricted to a window around the peak of a ``xmin_bins``-bin histogram of
+        ``log10 λ``; ``xmin_peak_lower='published'`` or ``'linear'``) or ``'scan'``. Every α-based column then
+        comes from that fit (``num_pl_spikes``: the eigenvalues at or above xmin; ``xmax``: λmax;
+        ``sigma = (α − 1)/√num_pl_spikes``, Hill's asymptotic standard error at that xmin). Not with ``fit='TPL'``,
+        ``fix_fingers`` or ``xmax``. See ``docs/estimators.md``.
+      bootstrap: 0, or B: add ``alpha_std``, ``alpha_ci_low``, ``alpha_ci_high`` (at ``bootstrap_level=0.95``) from
+        B resamples of each ESD refitted with the rows' own fit (the KS power law or the ``xmin`` rule); needs
+        ``key``. ``bootstrap_resample='esd'|'tail'``, ``bootstrap_interval='basic_log'|'percentile'``;
+        ``summary`` then reports ``alpha_sem``. See ``docs/bootstrap.md``.
       detX: add ``detX_num``, ``detX_val``, ``detX_val_rescaled``, ``num_ERG_spikes``, ``ERG_gap``.
       vectors: add the 12 eigenvector localisation columns ``{bulk,tail}_{mean,var}_{vec_entropy,…}``.
       inverse: analyse the ESD of 1/λ.

@@ -14,7 +14,9 @@ knowing what the contribution is (``docs/architecture.md`` has the contract and 
 * ``row_fit`` / ``row_columns`` / ``esd_transform`` (stage 5, inside the jitted, vmapped row program): given the
   options, a hashable strategy object or ``None``;
 * ``columns`` (after stage 5, host-orchestrated): ``columns(stage: ColumnsInput) -> list[dict] | None``: per leaf, the
-  columns added to ``LayerMetrics.extra``.
+  columns added to ``LayerMetrics.extra``;
+* ``summary`` (:func:`wwjax.summary`): ``summary(nodes: list[LayerMetrics]) -> dict | None``: entries added to the
+  means, from the contribution's own columns (``None`` when the result has none of them).
 
 A hook returns ``None`` (or the leaf unchanged) when its options are off, so that an option that is off costs nothing:
 the default analysis compiles the same programs whatever is registered.
@@ -96,6 +98,7 @@ class Contribution:
     row_columns: Callable[[Any], Any] | None = None
     esd_transform: Callable[[Any], Any] | None = None
     columns: Callable[[ColumnsInput], list[dict] | None] | None = None
+    summary: Callable[[Sequence[Any]], Mapping[str, Any] | None] | None = None
 
 
 _REGISTRY: dict[str, Contribution] = {}

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from wwjax.core import _results
+from wwjax.core._contributions import contributions
 
 if TYPE_CHECKING:  # pandas is imported by details() itself: `import wwjax` and summary() do without it
     import pandas as pd
@@ -175,7 +176,9 @@ def summary(result) -> dict:
     """WeightWatcher's ``get_summary``: the mean of each summary metric over the analysed rows.
 
     Failed rows (NaN α) are left out of the α-based means rather than averaged in as −1 as WeightWatcher does.
-    Works inside ``jax.jit`` too (then the values are jax scalars).
+    Works inside ``jax.jit`` too (then the values are jax scalars). Optional analyses add their entries (with
+    ``analyze(..., bootstrap=B)``: ``alpha_sem``, the standard error of the mean α, ``√(Σ alpha_std²)/k`` over the
+    ``k`` rows with a finite α).
 
     Example:
       >>> import numpy as np, wwjax
@@ -195,6 +198,9 @@ def summary(result) -> dict:
         for name in SUMMARY_METRICS:
             values = [xp.ravel(xp.asarray(getattr(n, name))) for n in nodes]
             means[name] = xp.nanmean(xp.concatenate(values)) if values else xp.asarray(xp.nan)
+    for contribution in contributions():  # entries of the contributions' own columns (alpha_sem …)
+        if contribution.summary is not None:
+            means.update(contribution.summary(nodes) or {})
     if traced:
         return means
     return {k: float(v) for k, v in means.items()}

@@ -3,8 +3,10 @@
 For each ESD row (ascending, zero-padded in front, as the engine's row fit sees it) and ``B`` resamples:
 
 * ``resample='esd'`` (the default): draw the row's fitted eigenvalues (those above ``max(1e-5, noise_floor)``)
-  with replacement, as many as there are, and refit with :func:`wwjax.core._powerlaw.fit_power_law`, the KS scan over
-  every xmin included. The spread then holds the uncertainty of xmin's choice as well as that of the tail's slope.
+  with replacement, as many as there are, and refit with the row fit of the analysis (``refit``: the KS power law
+  :func:`wwjax.core._powerlaw.fit_power_law` by default, the KS scan over every xmin included; the Hill rule of
+  ``analyze(xmin=...)``, :class:`~wwjax.diagnostics._hill.HillRowFit`, when one is set). The spread then holds
+  the uncertainty of xmin's choice as well as that of the tail's slope.
 * ``resample='tail'``: keep the fitted xmin, draw the ``num_pl_spikes − 1`` eigenvalues above it with replacement
   and recompute Hill's α at that xmin: ``O(n)`` per resample instead of ``O(n²)``, but blind to xmin's
   uncertainty, and measurably too narrow for it (``docs/bootstrap.md`` has the coverage of both).
@@ -33,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
+from wwjax.core._fit import POWER_LAW, PowerLawRowFit
 from wwjax.core._powerlaw import EVALS_THRESH, SMALL_N_CUTOFF, fit_power_law
 from wwjax.diagnostics._randomize import _mix32, as_key, path_hash
 
@@ -67,8 +70,10 @@ def check_options(opts) -> None:
     if b and getattr(opts, "key", None) is None:
         raise ValueError("bootstrap=B resamples the spectra: pass key= (an int seed or a jax.random key), e.g. key=0")
     if b and (getattr(opts, "fix_fingers", None) or getattr(opts, "fit", "PL") not in ("PL", "power_law")):
-        raise ValueError("bootstrap refits the plain power law (fit='PL' without fix_fingers): drop fit=/fix_fingers "
-                         "or bootstrap=")
+        raise ValueError("bootstrap refits each resample with the analysis' own fit, and can redo only the KS power "
+                         "law (fit='PL') and the Hill rules (xmin='median'/'peak'/'scan'), not "
+                         f"fit={getattr(opts, 'fit', 'PL')!r} / fix_fingers={getattr(opts, 'fix_fingers', None)!r}: "
+                         "drop fit=/fix_fingers or bootstrap=")
 
 
 def row_seeds(key, path: str, num_rows: int) -> Int[Array, "rows words"]:
@@ -128,12 +133,14 @@ def resample_esd(evals, num_valid, noise_floor, u, num_clipped: int = 0) -> Floa
     return jnp.sort(drawn)
 
 
-def tail_alpha(evals, num_valid, noise_floor, xmin, num_tail, u, num_clipped: int = 0) -> Float[Array, ""]:
+def tail_alpha(evals, num_valid, noise_floor, xmin, num_tail, u, num_clipped: int = 0,
+               small_sample: bool = True) -> Float[Array, ""]:
     """Hill's α at a fixed ``xmin`` on one replica of the tail: the ``num_tail − 1`` eigenvalues above xmin drawn
     with replacement, xmin kept (it adds ``ln 1 = 0`` and one to the count, as in the fit).
 
     The formula is :func:`wwjax.core._powerlaw.candidate_fits`' at the candidate ``xmin``:
-    ``1 + m/Σ ln(x/xmin)``, or ``1 + (m−1)/Σ…`` when fewer than 20 eigenvalues are fitted.
+    ``1 + m/Σ ln(x/xmin)``, or, with ``small_sample`` (WeightWatcher's fit; the Hill rules have no such branch),
+    ``1 + (m−1)/Σ…`` when fewer than 20 eigenvalues are fitted.
     """
     n = evals.shape[0]
     start, end = _fit_range(evals, num_valid, noise_floor, num_clipped)
@@ -143,7 +150,7 @@ def tail_alpha(evals, num_valid, noise_floor, xmin, num_tail, u, num_clipped: in
     pos = jnp.arange(n)
     above = pos < m - 1
     log_sum = jnp.sum(jnp.where(above, jnp.log(jnp.where(above, evals[take], 1.0) / xmin), 0.0))
-    count = jnp.where(end - start < SMALL_N_CUTOFF, m - 1, m).astype(evals.dtype)
+    count = jnp.where(small_sample & (end - start < SMALL_N_CUTOFF), m - 1, m).astype(evals.dtype)
     return jnp.where(log_sum > 0, 1.0 + count / log_sum, jnp.nan)
 
 
@@ -161,8 +168,9 @@ def _interval(alpha, boot, level: float, interval: str):
 
 
 def _resampled_alphas(evals, num_valid, noise_floor, seeds, xmin, num_pl_spikes, *, num_resamples: int,
-                      resample: str, num_clipped: int, ks_elements: int) -> Float[Array, "rows B"]:
+                      resample: str, num_clipped: int, ks_elements: int, refit=POWER_LAW) -> Float[Array, "rows B"]:
     """The ``(rows, B)`` resampled α of :func:`bootstrap_rows` (NaN where a replica's fit failed)."""
+    refit = POWER_LAW if refit is None else refit
     rows, n = evals.shape
     dtype = evals.dtype
     noise_floor = noise_floor.astype(dtype)
@@ -177,9 +185,11 @@ def _resampled_alphas(evals, num_valid, noise_floor, seeds, xmin, num_pl_spikes,
     def one(r, b):
         u = uniforms(seeds[r], b, n).astype(dtype)
         if resample == "tail":
-            return tail_alpha(evals[r], num_valid[r], noise_floor[r], xmin[r], num_pl_spikes[r], u, num_clipped)
+            return tail_alpha(evals[r], num_valid[r], noise_floor[r], xmin[r], num_pl_spikes[r], u, num_clipped,
+                              small_sample=isinstance(refit, PowerLawRowFit))
         replica = resample_esd(evals[r], num_valid[r], noise_floor[r], u, num_clipped)
-        fit = fit_power_law(replica, 0, noise_floor[r], block=block)
+        # the replica's clipped eigenvalues are already gone: refit it whole, with the row's own fit
+        fit, _ = refit(replica, jnp.int32(n), 0, noise_floor[r], block=block)
         return jnp.where(fit.ok, fit.alpha, jnp.nan)
 
     row_of = jnp.repeat(jnp.arange(rows), num_resamples)
@@ -188,7 +198,7 @@ def _resampled_alphas(evals, num_valid, noise_floor, seeds, xmin, num_pl_spikes,
 
 
 resampled_alphas = jax.jit(_resampled_alphas, static_argnames=("num_resamples", "resample", "num_clipped",
-                                                                "ks_elements"))
+                                                                "ks_elements", "refit"))
 
 
 @functools.partial(jax.jit, static_argnames=("level", "interval"))
@@ -205,7 +215,7 @@ def summarize(alpha: Float[Array, " rows"], boot: Float[Array, "rows B"], *, lev
 
 
 @functools.partial(jax.jit, static_argnames=("num_resamples", "level", "resample", "interval", "num_clipped",
-                                             "ks_elements"))
+                                             "ks_elements", "refit"))
 def bootstrap_rows(
     evals: Float[Array, "rows n"],
     num_valid: Int[Array, " rows"],
@@ -221,6 +231,7 @@ def bootstrap_rows(
     interval: str = "basic_log",
     num_clipped: int = 0,
     ks_elements: int = _KS_ELEMENTS,
+    refit=None,
 ) -> BootstrapAlpha:
     """The bootstrap of every row's power-law fit, ``rows × num_resamples`` fits in one program.
 
@@ -237,6 +248,8 @@ def bootstrap_rows(
       interval: ``'basic_log'`` or ``'percentile'``.
       num_clipped: the top eigenvalues the fit left out (WeightWatcher's integer ``xmax``).
       ks_elements: memory bound: at most this many KS elements (resamples × block × n) exist at once.
+      refit: the row fit each replica is refitted with (a hashable :class:`wwjax.core.RowFit`): None, the KS power
+        law; a :class:`~wwjax.diagnostics._hill.HillRowFit` for ``analyze(xmin=...)``'s rows.
 
     Example:
       >>> import jax.numpy as jnp, numpy as np
@@ -248,7 +261,7 @@ def bootstrap_rows(
       (True, True)
     """
     boot = _resampled_alphas(evals, num_valid, noise_floor, seeds, xmin, num_pl_spikes, num_resamples=num_resamples,
-                             resample=resample, num_clipped=num_clipped, ks_elements=ks_elements)
+                             resample=resample, num_clipped=num_clipped, ks_elements=ks_elements, refit=refit)
     return summarize(alpha, boot, level=level, interval=interval)
 
 
@@ -269,6 +282,7 @@ def bootstrap_columns(
     resample: str = "esd",
     interval: str = "basic_log",
     num_clipped: int = 0,
+    refit=None,
 ) -> list[dict]:
     """``alpha_std``, ``alpha_ci_low``, ``alpha_ci_high`` per row of every leaf (``LayerMetrics.extra`` columns).
 
@@ -283,7 +297,7 @@ def bootstrap_columns(
       level: the interval's coverage.
       paths: the leaves' paths (``details``' ``path``): each leaf draws from its own stream.
       noise_floors: per leaf, ``(rows,)`` values at or below which eigenvalues are not fitted (default 0).
-      resample, interval, num_clipped: see :func:`bootstrap_rows`.
+      resample, interval, num_clipped, refit: see :func:`bootstrap_rows`.
 
     Example:
       >>> import numpy as np
@@ -325,7 +339,7 @@ def bootstrap_columns(
             stacked([fits_per_leaf[i]["xmin"] for i in members], jnp.nan, dtype),
             stacked([fits_per_leaf[i]["num_pl_spikes"] for i in members], 0, jnp.int32),
             num_resamples=int(B), level=float(level), resample=resample, interval=interval,
-            num_clipped=int(num_clipped),
+            num_clipped=int(num_clipped), refit=refit,
         )
         offset = 0
         for i, count in zip(members, counts):
@@ -354,6 +368,33 @@ def alpha_mean_and_sem(table) -> tuple[float, float]:
     return float(alpha[fitted].mean()), float(np.sqrt(np.sum(std[fitted] ** 2)) / k)
 
 
+def summary_entries(nodes) -> dict | None:
+    """``alpha_sem`` for :func:`wwjax.summary` (the contribution's ``summary`` hook), or None without the columns.
+
+    The standard error of the summary's mean α from the fits' bootstrap: ``√(Σ alpha_std²)/k`` over the ``k`` rows
+    with a finite α (the rows of the mean), as :func:`alpha_mean_and_sem`. NaN when one of them has no
+    ``alpha_std``. Works on traced columns (inside ``jax.jit``) too.
+
+    Example:
+      >>> import types, numpy as np
+      >>> node = types.SimpleNamespace(alpha=np.array([2.0, 4.0]), extra={"alpha_std": np.array([0.3, 0.4])})
+      >>> {k: float(v) for k, v in summary_entries([node]).items()}
+      {'alpha_sem': 0.25}
+    """
+    nodes = [n for n in nodes if "alpha_std" in n.extra]
+    if not nodes:
+        return None
+    traced = any(isinstance(n.alpha, jax.core.Tracer) or isinstance(n.extra["alpha_std"], jax.core.Tracer)
+                 for n in nodes)
+    xp = jnp if traced else np
+    alpha = xp.concatenate([xp.ravel(xp.asarray(n.alpha)) for n in nodes])
+    std = xp.concatenate([xp.ravel(xp.asarray(n.extra["alpha_std"])) for n in nodes])
+    fitted = xp.isfinite(alpha)
+    k = xp.sum(fitted)
+    sem = xp.sqrt(xp.sum(xp.where(fitted, std, 0.0) ** 2)) / k
+    return {"alpha_sem": xp.where(k > 0, sem, xp.nan)}
+
+
 def draw_alpha_intervals(ax, table, *, color: str = "tab:blue", **vlines_kwargs):
     """Draws each row's ``[alpha_ci_low, alpha_ci_high]`` as a vertical bar at x = its position in ``table``.
 
@@ -380,4 +421,4 @@ def draw_alpha_intervals(ax, table, *, color: str = "tab:blue", **vlines_kwargs)
 
 
 __all__ = ["BootstrapAlpha", "alpha_mean_and_sem", "bootstrap_columns", "bootstrap_rows", "check_options",
-           "draw_alpha_intervals", "resampled_alphas", "row_seeds", "summarize", "uniforms"]
+           "draw_alpha_intervals", "resampled_alphas", "row_seeds", "summarize", "summary_entries", "uniforms"]

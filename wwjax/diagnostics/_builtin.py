@@ -1,10 +1,11 @@
 """The optional analyses of :func:`wwjax.analyze`, registered with the core as contributions.
 
-Each option plugs into the stage it changes (``wwjax.core._contributions``): the tail options replace the row fit,
-``detX`` adds per-row columns in the row program, ``inverse`` transforms the ESD before the fit, ``conv2d_fft``
-plans a conv leaf as the operator it is, ``farms`` plans a leaf as its fixed-aspect-ratio windows, ``lora``
-replaces adapter factor pairs by their product's small core before the plan, and ``mp_fit`` / ``randomize`` /
-``vectors`` add columns after the fit.
+Each option plugs into the stage it changes (``wwjax.core._contributions``): the tail options and the Hill rules
+(``xmin=``) replace the row fit, ``detX`` adds per-row columns in the row program, ``inverse`` transforms the ESD
+before the fit, ``conv2d_fft`` plans a conv leaf as the operator it is, ``farms`` plans a leaf as its
+fixed-aspect-ratio windows, ``lora`` replaces adapter factor pairs by their product's small core before the plan, and
+``mp_fit`` / ``randomize`` / ``vectors`` / ``bootstrap`` add columns after the fit (``bootstrap`` an entry of the
+summary too).
 Registration order is the order the hooks run, the columns appear and the options are listed.
 """
 
@@ -14,9 +15,13 @@ import jax
 import jax.numpy as jnp
 
 from wwjax.core._contributions import Contribution, register
+from wwjax.core._fit import POWER_LAW
+from wwjax.core._spectra import rank_tolerance
+from wwjax.diagnostics import _bootstrap
 from wwjax.diagnostics._conv_fft import OperatorSolver, plan_operator
 from wwjax.diagnostics._detx import DetXColumns
 from wwjax.diagnostics._farms import FARMS_DEFAULTS, check_analyze_farms, plan_farms
+from wwjax.diagnostics._hill import XMIN_OPTIONS, check_xmin_options, hill_row_fit
 from wwjax.diagnostics._inverse import invert_esd
 from wwjax.diagnostics._lora import check_analyze_lora, lora_leaves
 from wwjax.diagnostics._mp_randomize import add_diagnostics, check_options
@@ -58,11 +63,28 @@ def _vector_columns(stage):
     return out
 
 
+def _bootstrap_columns(stage):
+    """``alpha_std``, ``alpha_ci_low``, ``alpha_ci_high``: every row refitted ``bootstrap`` times with its own fit."""
+    opts = stage.opts
+    if not opts.bootstrap:
+        return None
+    # The noise floor each row was fitted above: λmax times the tolerance of the solver of its shape (the engine's).
+    floors = [m["esd"][:, -1] * rank_tolerance(stage.method, leaf.shape.N, leaf.shape.M, m["esd"].dtype,
+                                                 refined=leaf.solver is None)
+              for leaf, m in zip(stage.leaves, stage.metrics)]
+    return _bootstrap.bootstrap_columns(
+        [m["esd"] for m in stage.metrics], stage.metrics, opts.key, opts.bootstrap, opts.bootstrap_level,
+        [leaf.info.path for leaf in stage.leaves], noise_floors=floors, resample=opts.bootstrap_resample,
+        interval=opts.bootstrap_interval, num_clipped=opts.num_clipped, refit=hill_row_fit(opts) or POWER_LAW,
+    )
+
+
 BUILTIN = (
     Contribution(
         "tail", options=dict(fix_fingers=None, max_fingers=10, finger_thresh=1.0, xmin_max=None, fit="PL"),
         check=check_tail_options, row_fit=tail_fit,
     ),
+    Contribution("xmin", options=XMIN_OPTIONS, check=check_xmin_options, row_fit=hill_row_fit),
     Contribution("detX", options=dict(detX=False), check=lambda opts: check_flag(opts, "detX"),
                  row_columns=lambda opts: DetXColumns() if opts.detX else None),
     Contribution("inverse", options=dict(inverse=False), check=lambda opts: check_flag(opts, "inverse"),
@@ -83,6 +105,9 @@ BUILTIN = (
         check=check_options, columns=_mp_randomize_columns,
     ),
     Contribution("vectors", options=dict(vectors=False), check=_check_vectors, columns=_vector_columns),
+    # key= is mp_randomize's option, shared: one seed for every random column of an analysis.
+    Contribution("bootstrap", options=_bootstrap.DEFAULTS, check=_bootstrap.check_options,
+                 columns=_bootstrap_columns, summary=_bootstrap.summary_entries),
 )
 
 for _contribution in BUILTIN:

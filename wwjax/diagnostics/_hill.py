@@ -25,6 +25,7 @@ Everything is masked arithmetic on the fixed row length: :func:`hill_fit` is vma
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Literal, NamedTuple
 
@@ -32,7 +33,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
-from wwjax.core._powerlaw import EVALS_THRESH, _ks_distances
+from wwjax.core._powerlaw import EVALS_THRESH, PowerLawFit, _ks_distances
 
 XminRule = Literal["median", "peak", "scan"]
 XMIN_RULES = ("median", "peak", "scan")
@@ -184,6 +185,73 @@ def hill_fit_rows(
     if num_valid is None:
         num_valid = jnp.full(esd.shape[:1], esd.shape[1], jnp.int32)
     return _hill_fit_rows(esd, jnp.asarray(num_valid), tuple(sorted(options.items())))
+
+
+@dataclasses.dataclass(frozen=True)
+class HillRowFit:
+    """``analyze(xmin=rule)``'s row fit: :func:`hill_fit` in place of WeightWatcher's KS power law, a static,
+    hashable strategy of the core's row program (:class:`wwjax.core.RowFit`).
+
+    The core columns then come from the Hill fit: ``alpha``, ``D`` (the KS distance at the chosen xmin), ``xmin``,
+    ``xmax`` (λmax: nothing is clipped), ``num_pl_spikes`` (the eigenvalues at or above xmin, xmin included) and
+    ``sigma = (α − 1)/√num_pl_spikes``, the asymptotic standard error of Hill's estimator (WeightWatcher's σ, at this
+    xmin). A failed fit (``HillFit.ok`` False, the peak rule's placeholder α = 0 included) is a failed row.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> x = jnp.sort((1.0 - jnp.linspace(0.0, 0.999, 500)) ** (-1 / 1.5))  # Pareto, α = 2.5
+      >>> fit, extra = HillRowFit("median")(x, 500, 0, 0.0, block=64)
+      >>> round(float(fit.alpha), 1), int(fit.num_pl_spikes), extra
+      (2.5, 250, {})
+    """
+
+    rule: XminRule = "median"
+    xmin_pos: float = 2.0
+    bins: int = 100
+    peak_lower: str = "published"
+
+    def __call__(self, evals: Float[Array, " n"], num_valid: Int[Array, ""], num_clipped: int,
+                 noise_floor: Float[Array, ""], *, block: int) -> tuple[PowerLawFit, dict]:
+        del num_clipped  # refused with a rule (check_xmin_options): the rules fit every kept eigenvalue
+        fit = hill_fit(evals, num_valid, noise_floor, xmin=self.rule, xmin_pos=self.xmin_pos, bins=self.bins,
+                       peak_lower=self.peak_lower, block=block)
+        n = evals.shape[0]
+        kept = (jnp.arange(n) >= n - num_valid) & (evals > jnp.maximum(EVALS_THRESH, noise_floor))
+        tail = fit.num_tail.astype(evals.dtype)
+        return PowerLawFit(alpha=fit.alpha, D=fit.D, sigma=(fit.alpha - 1.0) / jnp.sqrt(tail), xmin=fit.xmin,
+                           xmax=fit.lambda_max, num_pl_spikes=fit.num_tail, num_fit=jnp.sum(kept), ok=fit.ok), {}
+
+
+# analyze()'s options of the Hill rules (names beside WeightWatcher's xmin_max and fix_fingers='xmin_peak').
+XMIN_OPTIONS = dict(xmin=None, xmin_pos=2.0, xmin_bins=100, xmin_peak_lower="published")
+
+
+def hill_row_fit(opts) -> HillRowFit | None:
+    """The row fit ``analyze(xmin=...)`` asks for, or None (``xmin=None``: WeightWatcher's KS scan)."""
+    if opts.xmin is None:
+        return None
+    return HillRowFit(opts.xmin, float(opts.xmin_pos), int(opts.xmin_bins), opts.xmin_peak_lower)
+
+
+def check_xmin_options(opts) -> None:
+    """Raises ValueError, saying what to change, for bad ``xmin=`` options or a combination the rules cannot honour."""
+    if opts.xmin is None:
+        return
+    if opts.xmin not in XMIN_RULES:
+        raise ValueError(f"xmin must be None (WeightWatcher's KS scan) or one of {XMIN_RULES}, got {opts.xmin!r}")
+    try:
+        check_hill_options(opts.xmin, opts.xmin_pos, opts.xmin_bins, opts.xmin_peak_lower)
+    except ValueError as err:  # name analyze()'s options, not hill_fit's arguments
+        message = str(err).replace("bins must", "xmin_bins must").replace("peak_lower must", "xmin_peak_lower must")
+        raise ValueError(message) from None
+    other = [f"fix_fingers={opts.fix_fingers!r}"] if opts.fix_fingers else []
+    other += [f"fit={opts.fit!r}"] if opts.fit not in ("PL", "power_law") else []
+    if other:
+        raise ValueError(f"xmin={opts.xmin!r} fits Hill's power law at a fixed xmin rule; it cannot be combined with "
+                         f"{' and '.join(other)}, which choose their own fit (drop one of them)")
+    if opts.xmax is not None:
+        raise ValueError(f"xmin={opts.xmin!r} fits every kept eigenvalue, as TempBalance/AlphaPruning do; it cannot be "
+                         f"combined with xmax={opts.xmax!r} (drop xmax)")
 
 
 @functools.partial(jax.jit, static_argnums=2)

@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 from flax import serialization
 
@@ -142,6 +143,23 @@ def test_cli_flags_become_analyze_options():
     assert args.x64
     plain = cli._analyze_options(cli.build_parser().parse_args(["analyze", "m.msgpack"]))
     assert plain == {}  # an option left out is wwjax.analyze's default, not a value the CLI chose
+
+
+def test_cli_flags_of_the_estimators_become_analyze_options(tmp_path, capsys):
+    args = cli.build_parser().parse_args(["analyze", "m.msgpack", "--xmin", "median", "--bootstrap", "16", "--seed",
+                                          "3", "--farms", "--lora"])
+    assert cli._analyze_options(args) == dict(xmin="median", bootstrap=16, key=3, farms=True, lora=True)
+    params = {"Dense_0": {"kernel": np.random.default_rng(0).standard_t(3, (64, 48)).astype(np.float32)}}
+    model = tmp_path / "m.msgpack"
+    model.write_bytes(serialization.msgpack_serialize(params))
+    csv = tmp_path / "t.csv"
+    assert cli.main(["analyze", str(model), "--xmin", "median", "--bootstrap", "16", "--quiet", "--csv", str(csv)]) == 0
+    assert "alpha_ci_low" in capsys.readouterr().out  # the terminal table shows the interval
+    row = pd.read_csv(csv).set_index("path").loc["Dense_0/kernel"]
+    expected = wwjax.details(wwjax.analyze(params, xmin="median", bootstrap=16, key=0)).set_index("path")
+    np.testing.assert_allclose(row[["alpha", "alpha_ci_low", "alpha_ci_high"]].to_numpy(float),
+                               expected.loc["Dense_0/kernel", ["alpha", "alpha_ci_low", "alpha_ci_high"]].to_numpy(float),
+                               rtol=1e-6)
 
 
 def test_help_groups_the_options(capsys):

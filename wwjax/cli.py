@@ -30,7 +30,8 @@ _LAYER_COLUMNS = ["path", "layer_type", "N", "M", "alpha", "alpha_weighted", "lo
 _DISTANCE_COLUMNS = ["path", "layer_type", "N", "M", "delta_W", "delta_W_rel", "delta_b", "status", "reason"]
 # The columns an option adds that the terminal table shows (--csv/--json/--parquet write every column).
 _OPTION_COLUMNS = {"mp_fit": ["num_spikes", "mp_softrank"], "randomize": ["rand_distance", "num_traps"],
-                   "fix_fingers": ["num_fingers"], "fit": ["Lambda"], "detX": ["detX_num"]}
+                   "fix_fingers": ["num_fingers"], "fit": ["Lambda"], "detX": ["detX_num"],
+                   "bootstrap": ["alpha_ci_low", "alpha_ci_high"]}
 _NO_CACHE_HELP = "do not keep compiled programs in $XDG_CACHE_HOME/wwjax (also: WWJAX_NO_CACHE=1)"
 
 
@@ -51,6 +52,10 @@ def _add_analyze_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--fix-fingers", choices=["clip_xmax", "xmin_peak"], dest="fix_fingers",
                        help="deal with the few largest eigenvalues that distort a fit ('fingers')")
     group.add_argument("--xmax", type=int, help="leave out the k largest eigenvalues before the power-law fit")
+    group.add_argument("--xmin", choices=["median", "peak", "scan"],
+                       help="Hill's estimator with TempBalance/AlphaPruning's xmin rule instead of the KS scan")
+    group.add_argument("--farms", action="store_true", default=None,
+                       help="fit each matrix's fixed-aspect-ratio windows (FARMS): α without the aspect-ratio bias")
     group.add_argument("--svd-method", choices=["fast", "accurate", "svd", "gram"], help="eigen-solver (fast)")
     group.add_argument("--x64", action="store_true", help="compute in float64 (WeightWatcher's precision)")
 
@@ -59,8 +64,13 @@ def _add_analyze_options(parser: argparse.ArgumentParser) -> None:
                        help="the Marchenko-Pastur fit: num_spikes, sigma_mp, mp_softrank, …")
     group.add_argument("--randomize", action="store_true", default=None,
                        help="compare with the ESD of the shuffled weights: rand_distance, correlation traps, …")
+    group.add_argument("--bootstrap", type=int, metavar="B",
+                       help="error bars on α from B resamples of each ESD: alpha_std, alpha_ci_low, alpha_ci_high")
     group.add_argument("--seed", type=int, default=0, metavar="N",
-                       help="the random key of --randomize (default 0: the same seed gives the same numbers)")
+                       help="the random key of --randomize and --bootstrap (default 0: the same seed gives the same "
+                            "numbers)")
+    group.add_argument("--lora", action="store_true", default=None,
+                       help="analyse LoRA adapter pairs (lora_a/lora_b, lora_A/lora_B, …) as their product ΔW")
     group.add_argument("--detX", action="store_true", default=None, dest="detX",
                        help="the detX condition: detX_num, detX_val, num_ERG_spikes, …")
     group.add_argument("--vectors", action="store_true", default=None,
@@ -151,9 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _analyze_options(args) -> dict:
     names = ("layers", "min_evals", "max_evals", "max_N", "pool", "svd_method", "xmax", "stacked", "fit",
-             "fix_fingers", "mp_fit", "randomize", "detX", "vectors")
+             "fix_fingers", "mp_fit", "randomize", "detX", "vectors", "xmin", "farms", "bootstrap", "lora")
     options = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
-    if options.get("randomize"):
+    if options.get("randomize") or options.get("bootstrap"):
         options["key"] = args.seed
     return options
 

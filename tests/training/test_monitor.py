@@ -72,3 +72,22 @@ def test_monitor_checks_its_arguments():
     tx = wwjax.monitor_spectra(2)
     with pytest.raises(ValueError, match="params"):
         tx.update({}, tx.init(_params()))
+
+
+def test_spectral_metrics_with_a_hill_rule_is_the_analysis_with_that_row_fit():
+    """``spectral_metrics(xmin=r)`` is ``analyze(xmin=r)``'s α (one fit of each row), equal to the published
+    fixed-xmin Hill estimator on the row's ESD."""
+    from conftest import reference_hill_fit
+
+    rng = np.random.default_rng(3)
+    params = {"Dense_0": {"kernel": rng.standard_t(3, (120, 60)).astype(np.float32)},
+              "Dense_1": {"kernel": rng.standard_t(3, (60, 40)).astype(np.float32)}}
+    metrics = wwjax.spectral_metrics(params, xmin="median")
+    result = wwjax.analyze(params, xmin="median")
+    for name in params:
+        node = result[name]["kernel"]
+        np.testing.assert_array_equal(metrics.alpha[f"{name}/kernel"], node.alpha)
+        expected, _ = reference_hill_fit(np.asarray(node.esd[0], np.float64), "median")
+        np.testing.assert_allclose(float(node.alpha[0]), expected, rtol=1e-4)  # float32 ESD, float64 reference
+    assert float(metrics.mean_alpha) == pytest.approx(np.mean([float(metrics.alpha[p][0]) for p in metrics.alpha]))
+    assert float(metrics.mean_alpha) < float(wwjax.spectral_metrics(params).mean_alpha)  # median-Hill α is the lower

@@ -35,8 +35,8 @@ def spectral_metrics(params, xmin: str | None = None, **options) -> SpectralMetr
     Args:
       params: the parameter pytree (as for :func:`wwjax.analyze`).
       xmin: None: α of WeightWatcher's KS fit (``analyze``'s). ``'median'`` / ``'peak'`` / ``'scan'``: α of the Hill
-        estimator with TempBalance's / AlphaPruning's fixed xmin rule (``wwjax.diagnostics._hill.hill_fit``), on the
-        same ESDs; failed fits are NaN.
+        estimator with TempBalance's / AlphaPruning's fixed xmin rule (``analyze(xmin=...)``, see
+        :func:`wwjax.hill_fit`); failed fits are NaN and left out of ``mean_alpha``.
       **options: :func:`wwjax.analyze`'s options (``layers=``, ``min_evals=``, ``views=`` …).
 
     Example:
@@ -47,38 +47,17 @@ def spectral_metrics(params, xmin: str | None = None, **options) -> SpectralMetr
       >>> list(metrics.alpha), metrics.alpha["Dense_0/kernel"].shape, bool(metrics.mean_alpha > 1)
       (['Dense_0/kernel'], (1,), True)
     """
+    if xmin is not None:  # the Hill rule replaces the KS scan as analyze's row fit: one fit, not two
+        options = dict(options, xmin=xmin)
     result = analyze(params, **options)
     nodes = [n for n in _results.iter_nodes(result) if isinstance(n, _results.LayerMetrics)]
     means = summary(result)
-    alpha = {n.path: n.alpha for n in nodes}
-    mean_alpha = jnp.asarray(means["alpha"])
-    if xmin is not None:
-        alpha = _hill_alphas(nodes, xmin)
-        mean_alpha = jnp.nanmean(jnp.concatenate(list(alpha.values()))) if alpha else jnp.asarray(jnp.nan)
     return SpectralMetrics(
-        alpha=alpha,
+        alpha={n.path: n.alpha for n in nodes},
         log_spectral_norm={n.path: n.log_spectral_norm for n in nodes},
-        mean_alpha=mean_alpha,
+        mean_alpha=jnp.asarray(means["alpha"]),
         mean_log_spectral_norm=jnp.asarray(means["log_spectral_norm"]),
     )
-
-
-def _hill_alphas(nodes, xmin: str) -> dict:
-    """The Hill α of every row of every node: one vmapped fit per ESD length, NaN where the fit failed."""
-    from wwjax.diagnostics._hill import hill_fit_rows
-
-    by_length: dict[int, list] = {}
-    for node in nodes:
-        by_length.setdefault(node.esd.shape[1], []).append(node)
-    alpha = {}
-    for group in by_length.values():
-        fits = hill_fit_rows(jnp.concatenate([n.esd for n in group]), xmin=xmin)
-        values = jnp.where(fits.ok, fits.alpha, jnp.nan)
-        offset = 0
-        for node in group:
-            alpha[node.path] = values[offset : offset + node.esd.shape[0]]
-            offset += node.esd.shape[0]
-    return {n.path: alpha[n.path] for n in nodes}
 
 
 class SpectralMonitorState(NamedTuple):

@@ -74,6 +74,24 @@ def _ks_distances(
     return jax.lax.map(one_block, firsts).reshape(-1)[:n]
 
 
+def fitted_block(
+    evals: Float[Array, " n"], noise_floor: float | Float[Array, ""] = 0.0, num_clipped: int | Int[Array, ""] = 0
+) -> tuple[Bool[Array, " n"], Int[Array, ""], Int[Array, ""]]:
+    """Which eigenvalues of an ascending, zero-padded row every fit sees: the contiguous block ``[start, end)`` left
+    when the ``num_clipped`` largest are set aside and those at or below ``max(1e-5, noise_floor)`` dropped.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> mask, start, end = fitted_block(jnp.array([0.0, 1e-6, 0.5, 2.0, 9.0]), num_clipped=1)
+      >>> mask.tolist(), int(start), int(end)
+      ([False, False, True, True, False], 2, 4)
+    """
+    n = evals.shape[0]
+    end = n - num_clipped
+    fitted = (jnp.arange(n) < end) & (evals > jnp.maximum(EVALS_THRESH, noise_floor))
+    return fitted, end - jnp.sum(fitted), end
+
+
 def candidate_fits(
     evals: Float[Array, " n"],
     num_clipped: int | Int[Array, ""] = 0,
@@ -90,9 +108,7 @@ def candidate_fits(
     """
     n = evals.shape[0]
     idx = jnp.arange(n)
-    end = n - num_clipped
-    fitted = (idx < end) & (evals > jnp.maximum(EVALS_THRESH, noise_floor))
-    start = end - jnp.sum(fitted)  # the fitted eigenvalues are the contiguous block [start, end)
+    fitted, start, end = fitted_block(evals, noise_floor, num_clipped)
     num_fit = end - start
     log_x = jnp.log(jnp.where(fitted, evals, 1.0))
     # Centre the logs on the largest fitted value: suffix sums of small tails then stay small and exact.

@@ -36,7 +36,7 @@ import numpy as np
 from jaxtyping import Array, Float, Int
 
 from wwjax.core._fit import POWER_LAW, PowerLawRowFit
-from wwjax.core._powerlaw import EVALS_THRESH, SMALL_N_CUTOFF, fit_power_law
+from wwjax.core._powerlaw import SMALL_N_CUTOFF, fit_power_law, fitted_block
 from wwjax.diagnostics._randomize import _mix32, as_key, path_hash
 
 RESAMPLES = ("esd", "tail")
@@ -105,15 +105,6 @@ def uniforms(seed: Int[Array, " words"], resample: Int[Array, ""], n: int) -> Fl
     return (bits >> 8).astype(jnp.float32) * jnp.float32(2.0**-24)
 
 
-def _fit_range(evals, num_valid, noise_floor, num_clipped: int):
-    """``[start, end)``: the contiguous fitted block of an ascending row (as :func:`candidate_fits` finds it)."""
-    n = evals.shape[0]
-    idx = jnp.arange(n)
-    end = n - num_clipped
-    fitted = (idx < end) & (idx >= n - num_valid) & (evals > jnp.maximum(EVALS_THRESH, noise_floor))
-    return end - jnp.sum(fitted), end
-
-
 def _draw(count, u):
     """Indices ``0 … count-1`` from uniforms (``floor(u·count)``, clipped against rounding up)."""
     return jnp.minimum((u * count.astype(u.dtype)).astype(jnp.int32), jnp.maximum(count - 1, 0))
@@ -126,7 +117,7 @@ def resample_esd(evals, num_valid, noise_floor, u, num_clipped: int = 0) -> Floa
     Clipped top eigenvalues (``num_clipped``) are not drawn and not returned: fit the replica with 0 clipped.
     """
     n = evals.shape[0]
-    start, end = _fit_range(evals, num_valid, noise_floor, num_clipped)
+    _, start, end = fitted_block(evals, noise_floor, num_clipped)
     pos = jnp.arange(n)
     take = start + _draw(end - start, u[::-1])
     drawn = jnp.where((pos >= start) & (pos < end), evals[take], 0.0)
@@ -143,7 +134,7 @@ def tail_alpha(evals, num_valid, noise_floor, xmin, num_tail, u, num_clipped: in
     ``1 + (m−1)/Σ…`` when fewer than 20 eigenvalues are fitted.
     """
     n = evals.shape[0]
-    start, end = _fit_range(evals, num_valid, noise_floor, num_clipped)
+    _, start, end = fitted_block(evals, noise_floor, num_clipped)
     m = num_tail
     first = end - m + 1  # the eigenvalues strictly above xmin's position
     take = first + _draw(m - 1, u)

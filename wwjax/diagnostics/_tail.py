@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
 from wwjax.diagnostics._fingers import fit_clipped_power_law, fit_peak_power_law, peak_range
-from wwjax.core._powerlaw import EVALS_THRESH, PowerLawFit, fit_power_law
+from wwjax.core._powerlaw import PowerLawFit, fit_power_law, fitted_block
 from wwjax.diagnostics._tpl import fit_truncated_power_law
 
 FIX_FINGERS = ("clip_xmax", "xmin_peak")
@@ -45,8 +45,7 @@ class TailFit:
         if self.truncated:
             xmin_range = None
             if self.fix_fingers == "xmin_peak":  # E_TPL: the xmin_peak range, as for the power law
-                n = evals.shape[0]
-                fitted = (jnp.arange(n) < n - num_clipped) & (evals > jnp.maximum(EVALS_THRESH, noise_floor))
+                fitted, _, _ = fitted_block(evals, noise_floor, num_clipped)
                 xmin_range = peak_range(evals, fitted, self.xmin_max)
             # a KS element of the TPL keeps ~4× the live temporaries of the power law's (Γ's series and fraction)
             tpl = fit_truncated_power_law(evals, num_clipped, noise_floor, xmin_range=xmin_range,

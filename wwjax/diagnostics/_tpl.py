@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
-from wwjax.core._powerlaw import EVALS_THRESH, PowerLawFit
+from wwjax.core._powerlaw import PowerLawFit, fitted_block
 from wwjax.diagnostics._gamma import log_upper_gamma
 from wwjax.diagnostics._nelder_mead import nelder_mead
 
@@ -192,9 +192,7 @@ def fit_truncated_power_law(
     """
     n = evals.shape[0]
     idx = jnp.arange(n)
-    end = n - num_clipped
-    fitted = (idx < end) & (evals > jnp.maximum(EVALS_THRESH, noise_floor))
-    start = end - jnp.sum(fitted)
+    fitted, start, end = fitted_block(evals, noise_floor, num_clipped)
     previous = jnp.concatenate([evals[:1], evals[:-1]])
     first = fitted & ((idx == start) | (evals != previous))
     top = evals[jnp.maximum(end - 1, 0)]

@@ -85,10 +85,18 @@ def row_seeds(key, path: str, num_rows: int) -> Int[Array, "rows words"]:
       >>> row_seeds(0, "dense/kernel", 3).shape
       (3, 4)
     """
-    words = jax.random.key_data(as_key(key)).reshape(-1).astype(jnp.uint32)
-    base = jnp.concatenate([words, jnp.asarray([path_hash(path)], jnp.uint32)])
-    rows = jnp.arange(num_rows, dtype=jnp.uint32)[:, None]
-    return jnp.concatenate([jnp.broadcast_to(base, (num_rows, base.shape[0])), rows], axis=1)
+    return _seed_rows(_key_words(key), path, num_rows, jnp)
+
+
+def _key_words(key) -> Int[Array, " words"]:
+    return jax.random.key_data(as_key(key)).reshape(-1).astype(jnp.uint32)
+
+
+def _seed_rows(words, path: str, num_rows: int, xp):
+    """:func:`row_seeds` from the key's words, with ``xp`` = ``jnp`` (traced) or ``np`` (host, no compilation)."""
+    base = xp.concatenate([words, xp.asarray([path_hash(path)], xp.uint32)])
+    rows = xp.arange(num_rows, dtype=xp.uint32)[:, None]
+    return xp.concatenate([xp.broadcast_to(base, (num_rows, base.shape[0])), rows], axis=1)
 
 
 def uniforms(seed: Int[Array, " words"], resample: Int[Array, ""], n: int) -> Float[Array, " n"]:
@@ -301,11 +309,17 @@ def bootstrap_columns(
     if len(paths) != len(esd_rows_per_leaf):
         raise ValueError(f"bootstrap_columns needs one path per leaf (its random stream): got {len(paths)} paths "
                          f"for {len(esd_rows_per_leaf)} leaves")
-    # jnp throughout (shapes alone are read on the host): the columns can be computed inside a jitted analysis.
-    esds = [jnp.asarray(e) for e in esd_rows_per_leaf]
-    dtype = jnp.result_type(*esds) if esds else jnp.float32
-    floors = [jnp.zeros(e.shape[0], dtype) if noise_floors is None else jnp.asarray(f, dtype).reshape(e.shape[0])
+    # Under jit the gathering is part of the traced program; eagerly it is done on the host with numpy, since every
+    # eager jnp concatenate, pad or slice would compile a small program of its own (tens per analysis).
+    traced = any(isinstance(x, jax.core.Tracer)
+                 for x in jax.tree.leaves((esd_rows_per_leaf, fits_per_leaf, noise_floors, key)))
+    xp = jnp if traced else np
+    esds = [xp.asarray(e) for e in esd_rows_per_leaf]
+    dtype = xp.result_type(*esds) if esds else xp.float32
+    floors = [xp.zeros(e.shape[0], dtype) if noise_floors is None else xp.asarray(f, dtype).reshape(e.shape[0])
               for e, f in zip(esds, noise_floors or esds)]
+    words = _key_words(key)
+    words = words if traced else np.asarray(words)
     groups: dict[int, list[int]] = defaultdict(list)
     for i, esd in enumerate(esds):
         groups[padded_size(esd.shape[1])].append(i)
@@ -316,25 +330,27 @@ def bootstrap_columns(
         extra = padded_size(total, minimum=1) - total  # padding rows: all zeros, their fits fail, NaN
 
         def stacked(parts, fill, dtype, extra=extra):
-            return jnp.concatenate([jnp.asarray(p).reshape(-1).astype(dtype) for p in parts]
-                                   + [jnp.full(extra, fill, dtype)])
+            return xp.concatenate([xp.asarray(p).reshape(-1).astype(dtype) for p in parts]
+                                  + [xp.full(extra, fill, dtype)])
 
-        evals = jnp.concatenate([jnp.pad(esds[i].astype(dtype), ((0, 0), (n_pad - esds[i].shape[1], 0)))
-                                 for i in members] + [jnp.zeros((extra, n_pad), dtype)])
+        evals = xp.concatenate([xp.pad(esds[i].astype(dtype), ((0, 0), (n_pad - esds[i].shape[1], 0)))
+                                for i in members] + [xp.zeros((extra, n_pad), dtype)])
         valid = np.concatenate([np.full(c, esds[i].shape[1]) for i, c in zip(members, counts)] + [np.zeros(extra)])
-        seeds = [row_seeds(key, paths[i], c) for i, c in zip(members, counts)]
-        seeds = jnp.concatenate(seeds + [jnp.zeros((extra, seeds[0].shape[1]), jnp.uint32)])
+        seeds = [_seed_rows(words, paths[i], c, xp) for i, c in zip(members, counts)]
+        seeds = xp.concatenate(seeds + [xp.zeros((extra, seeds[0].shape[1]), xp.uint32)])
         result = bootstrap_rows(
-            evals, jnp.asarray(valid, jnp.int32), stacked([floors[i] for i in members], 0.0, dtype), seeds,
-            stacked([fits_per_leaf[i]["alpha"] for i in members], jnp.nan, dtype),
-            stacked([fits_per_leaf[i]["xmin"] for i in members], jnp.nan, dtype),
-            stacked([fits_per_leaf[i]["num_pl_spikes"] for i in members], 0, jnp.int32),
+            evals, valid.astype(np.int32), stacked([floors[i] for i in members], 0.0, dtype), seeds,
+            stacked([fits_per_leaf[i]["alpha"] for i in members], np.nan, dtype),
+            stacked([fits_per_leaf[i]["xmin"] for i in members], np.nan, dtype),
+            stacked([fits_per_leaf[i]["num_pl_spikes"] for i in members], 0, xp.int32),
             num_resamples=int(B), level=float(level), resample=resample, interval=interval,
             num_clipped=int(num_clipped), refit=refit,
         )
+        columns = {name: getattr(result, name) if traced else np.asarray(getattr(result, name)) for name in COLUMNS}
+        put = (lambda v: v) if traced else jax.device_put  # one transfer per column, no compilation
         offset = 0
         for i, count in zip(members, counts):
-            out[i] = {name: getattr(result, name)[offset : offset + count] for name in COLUMNS}
+            out[i] = {name: put(column[offset : offset + count]) for name, column in columns.items()}
             offset += count
     return out
 

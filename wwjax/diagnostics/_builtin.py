@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from wwjax.core._contributions import Contribution, register
 from wwjax.core._fit import POWER_LAW
@@ -69,8 +70,10 @@ def _bootstrap_columns(stage):
     if not opts.bootstrap:
         return None
     # The noise floor each row was fitted above: λmax times the tolerance of the solver of its shape (the engine's).
-    floors = [m["esd"][:, -1] * rank_tolerance(stage.method, leaf.shape.N, leaf.shape.M, m["esd"].dtype,
-                                                 refined=leaf.solver is None)
+    # (eagerly on the host: an eager slice and product per leaf would each compile a small program)
+    host = lambda v: v if isinstance(v, jax.core.Tracer) else np.asarray(v)  # noqa: E731
+    floors = [host(m["esd"])[:, -1] * rank_tolerance(stage.method, leaf.shape.N, leaf.shape.M, m["esd"].dtype,
+                                                       refined=leaf.solver is None)
               for leaf, m in zip(stage.leaves, stage.metrics)]
     return _bootstrap.bootstrap_columns(
         [m["esd"] for m in stage.metrics], stage.metrics, opts.key, opts.bootstrap, opts.bootstrap_level,

@@ -239,9 +239,10 @@ def test_a_transformer_compiles_once_per_bucket_and_fit_group():
         params[f"block_{b}"]["mlp_out"] = {"kernel": heavy_tailed(rng, (128, 32))}
     with wwjax.count_compilations() as compiled:
         wwjax.details(wwjax.analyze(params))
-    # 3 buckets (32x32, 128x32, 300x32) + 1 fit group (every ESD has 32 eigenvalues) = 4 programs; before
-    # bucketing it was one per leaf and per glue operation (> 40).
-    assert compiled.count == 4, compiled.count
+    # 3 buckets (32x32, 128x32, 300x32) of one width, solved by one program, + 1 fit group (every ESD has 32
+    # eigenvalues) = 2 programs; one per bucket made it 4, and before bucketing it was one per leaf and per glue
+    # operation (> 40).
+    assert compiled.count == 2, compiled.count
     with wwjax.count_compilations() as again:
         wwjax.analyze(params)
     assert again.count == 0

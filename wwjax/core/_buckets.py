@@ -26,7 +26,8 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from wwjax.core._layout import MatrixShape, MatrixView, as_matrices
-from wwjax.core._spectra import SliceSpectra, eigenvalues, rank_tolerance, slice_spectra
+from wwjax.core._programs import program
+from wwjax.core._spectra import SliceSpectra, eigenvalues, rank_tolerance, slice_spectra, spectra_of
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,27 +208,82 @@ def _leaf_matrices(value, view: MatrixView, transform):
     return mats if transform is None else transform(mats)
 
 
-@functools.partial(jax.jit, static_argnames=("views", "bucket", "method", "dtype", "mesh", "transforms"))
-def solve_bucket(values: tuple, *, views: tuple[MatrixView, ...], bucket: Bucket, method: str, dtype, mesh=None,
-                 transforms: tuple | None = None):
-    """The spectra of one bucket's matrices: ``(evals (count, M) ascending, rank (count,), finite (count,))``.
-
-    ``values[j]`` is the leaf of ``bucket.pieces[j]``, ``views[j]`` its matrix view and ``transforms[j]`` the
-    contribution's map of its matrices (``None``: the matrices themselves; see ``LeafPlan.transform``).
-    """
+def _bucket_stack(values: tuple, views: tuple, transforms: tuple | None, bucket: Bucket, dtype):
+    """One bucket's matrices, converted and stacked ``(count, N, M)``, and which of them are finite. Non-finite
+    matrices are zeroed for the solver (LAPACK misbehaves on NaN); their rows are marked failed."""
     n, m = bucket.N, bucket.M
     transforms = transforms or (None,) * len(values)
     mats = [_leaf_matrices(v, view, t).reshape(-1, n, m)[p.start : p.stop]
             for v, view, t, p in zip(values, views, transforms, bucket.pieces)]
-    if bucket.block_rows:
-        spectra, finite = _blockwise_gram_spectrum(mats[0][0], bucket.block_rows, method, dtype)
-        return _replicated((spectra.evals, spectra.rank, finite), mesh)
     stack = jnp.concatenate(mats).astype(dtype) if len(mats) > 1 else mats[0].astype(dtype)
     finite = jnp.all(jnp.isfinite(stack), axis=(-2, -1))
-    # Non-finite matrices are zeroed for the solver (LAPACK misbehaves on NaN); their rows are marked failed.
-    stack = jnp.where(finite[:, None, None], stack, 0.0)
-    spectra = _solve(stack, method, mesh)
-    return spectra.evals, spectra.rank, finite
+    return jnp.where(finite[:, None, None], stack, 0.0), finite
 
 
-__all__ = ["Bucket", "LeafPlan", "Piece", "bytes_per_matrix", "plan_buckets", "solve_bucket"]
+@program(static_argnames=("views", "buckets", "method", "dtype", "mesh", "transforms"))
+def solve_buckets(values: tuple, *, views: tuple, buckets: tuple[Bucket, ...], method: str, dtype, mesh=None,
+                  transforms: tuple | None = None) -> tuple:
+    """The spectra of some buckets' matrices, one ``(evals (count, M) ascending, rank (count,), finite (count,))``
+    per bucket.
+
+    ``values[b][j]`` is the leaf of ``buckets[b].pieces[j]``, ``views[b][j]`` its matrix view and
+    ``transforms[b][j]`` the contribution's map of its matrices (``None``: the matrices themselves; see
+    ``LeafPlan.transform``). Buckets of one width share one eigen-solve (:func:`merge_buckets` says which go
+    together); a blockwise bucket or one over a mesh comes alone.
+    """
+    transforms = transforms or (None,) * len(buckets)
+    if len(buckets) == 1 and buckets[0].block_rows:
+        bucket = buckets[0]
+        mats = [_leaf_matrices(v, view, t).reshape(-1, bucket.N, bucket.M)[p.start : p.stop]
+                for v, view, t, p in zip(values[0], views[0], transforms[0] or (None,) * len(values[0]),
+                                         bucket.pieces)]
+        spectra, finite = _blockwise_gram_spectrum(mats[0][0], bucket.block_rows, method, dtype)
+        return (_replicated((spectra.evals, spectra.rank, finite), mesh),)
+    stacked = [_bucket_stack(v, vw, t, b, dtype) for v, vw, t, b in zip(values, views, transforms, buckets)]
+    if mesh is None:
+        solved = spectra_of([stack for stack, _ in stacked], method=method)
+    else:
+        solved = [_solve(stack, method, mesh) for stack, _ in stacked]
+    return tuple((spectra.evals, spectra.rank, finite) for spectra, (_, finite) in zip(solved, stacked))
+
+
+_MERGE_BYTES = 1 << 28  # buckets are merged into one program while what they materialise stays under 256 MiB
+
+
+def merge_buckets(buckets: Sequence[Bucket], method: str, itemsize: int, max_bucket_bytes: int | None = None,
+                  mesh: Mesh | None = None) -> list[list[int]]:
+    """Which buckets one :func:`solve_buckets` program solves together: Gram-route buckets of one width ``M`` while
+    the matrices they materialise stay within ``max_bucket_bytes`` (256 MiB when unset). Their Gram matrices are
+    all ``M × M``: one eigen-solve serves them (:func:`wwjax.core._spectra.spectra_of`), so a model with many
+    shapes of few widths compiles one eigen-solver per width instead of one per shape. Blockwise buckets, the SVD's
+    and a mesh's go alone.
+
+    Buckets of different widths are never merged: their eigen-solves would be independent LAPACK calls in one
+    program, which XLA's CPU runtime may run at once on its pool threads, and jaxlib's batched LAPACK kernels
+    block a pool thread while they wait for their own parts on that pool (``docs/scaling.md``).
+
+    Example:
+      >>> attention, mlp = Bucket(384, 384, (Piece(0, 0, 4),)), Bucket(1536, 384, (Piece(1, 0, 2),))
+      >>> merge_buckets([attention, mlp, Bucket(64, 32, (Piece(2, 0, 1),))], "gram", 4)
+      [[0, 1], [2]]
+      >>> merge_buckets([attention, mlp], "gram", 4, max_bucket_bytes=5_000_000)
+      [[0], [1]]
+    """
+    budget = _MERGE_BYTES if max_bucket_bytes is None else max_bucket_bytes
+    groups: list[list[int]] = []
+    open_groups: dict[int, tuple[int, int]] = {}  # width M -> (its group still taking buckets, bytes used)
+    for b, bucket in enumerate(buckets):
+        size = sum(p.stop - p.start for p in bucket.pieces) * bytes_per_matrix(bucket.N, bucket.M, method, itemsize)
+        if method != "gram" or mesh is not None or bucket.block_rows or size > budget:
+            groups.append([b])
+            continue
+        g, used = open_groups.get(bucket.M, (None, 0))
+        if g is None or used + size > budget:
+            groups.append([])
+            g, used = len(groups) - 1, 0
+        groups[g].append(b)
+        open_groups[bucket.M] = (g, used + size)
+    return groups
+
+
+__all__ = ["Bucket", "LeafPlan", "Piece", "bytes_per_matrix", "merge_buckets", "plan_buckets", "solve_buckets"]

@@ -17,6 +17,8 @@ from collections.abc import Iterator
 import jax
 from jax import monitoring
 
+from wwjax.core._programs import use_program_store
+
 _BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"  # fires for compiled and cache-loaded programs
 _CACHE_HIT = "/jax/compilation_cache/cache_hits"
 NO_CACHE_ENV = "WWJAX_NO_CACHE"  # set (to anything but "" or "0") to keep the command line off the disk cache
@@ -71,6 +73,9 @@ def enable_compilation_cache(directory: str | os.PathLike, min_compile_seconds: 
     """Keeps compiled programs in ``directory`` (JAX's persistent cache), so a new process analysing the same shapes
     skips compilation. ``min_compile_seconds`` (JAX's default is 1 s) also keeps the quick ones.
 
+    wwjax's own programs are also kept in ``directory/programs`` as exported modules (the program store,
+    ``wwjax.core._programs``): a new process then skips tracing them as well, the larger part of a warm start.
+
     Example:
       >>> import wwjax
       >>> wwjax.enable_compilation_cache("~/.cache/wwjax-xla")  # doctest: +SKIP
@@ -78,6 +83,7 @@ def enable_compilation_cache(directory: str | os.PathLike, min_compile_seconds: 
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser(os.fspath(directory)))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_seconds)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    use_program_store(pathlib.Path(os.path.expanduser(os.fspath(directory))) / "programs")
 
 
 def default_cache_dir() -> pathlib.Path:
@@ -110,7 +116,9 @@ def use_default_cache(directory: str | os.PathLike | None = None) -> pathlib.Pat
     if cache_disabled_by_env():
         return None
     if jax.config.jax_compilation_cache_dir:  # the user's own choice wins
-        return pathlib.Path(jax.config.jax_compilation_cache_dir)
+        path = pathlib.Path(jax.config.jax_compilation_cache_dir)
+        use_program_store(path / "wwjax-programs")
+        return path
     path = pathlib.Path(directory) if directory is not None else default_cache_dir()
     try:
         path.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,9 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import AxisType, Mesh
 
-from wwjax.core._buckets import Bucket, LeafPlan, Piece, bytes_per_matrix, plan_buckets, solve_bucket
+from wwjax.core._buckets import (
+    Bucket, LeafPlan, Piece, bytes_per_matrix, merge_buckets, plan_buckets, solve_buckets,
+)
 from wwjax.core._fit import (
     _KS_BLOCK_ELEMENTS, POWER_LAW, EsdTransform, RowColumns, RowFit, RowIndex, _split_group, fit_group, fit_groups,
     padded_size, row_index,
@@ -40,9 +42,13 @@ def compute(
         # Auto axes: the partitioner places the reshuffles between a weight's own sharding and the batch layout.
         mesh = Mesh(mesh.devices, mesh.axis_names, axis_types=(AxisType.Auto,) * len(mesh.axis_names))
     buckets = plan_buckets(leaves, method, itemsize, max_bucket_bytes)
-    solve_calls = [((tuple(values[p.leaf] for p in bucket.pieces),),
-                    dict(views=tuple(leaves[p.leaf].view for p in bucket.pieces), bucket=bucket, method=method,
-                         dtype=dtype, mesh=mesh, **_transforms(leaves, bucket))) for bucket in buckets]
+    merged = merge_buckets(buckets, method, itemsize, max_bucket_bytes, mesh)
+    solve_calls = [((tuple(tuple(values[p.leaf] for p in buckets[b].pieces) for b in group),),
+                    dict(views=tuple(tuple(leaves[p.leaf].view for p in buckets[b].pieces) for b in group),
+                         buckets=tuple(buckets[b] for b in group), method=method, dtype=dtype, mesh=mesh,
+                         **_transforms(leaves, [buckets[b] for b in group]))) for group in merged]
+    # The sources the fit groups read, in bucket order: solve_calls[k] returns the buckets of merged[k].
+    order = [b for group in merged for b in group]
     pieces: list[list] = [[] for _ in leaves]  # per leaf: (first matrix, source, offset in source, count)
     # A matrix whose Gram is accumulated blockwise is not re-solved by the SVD: its rank counts at the Gram's floor.
     blockwise = {p.leaf for b in buckets if b.block_rows for p in b.pieces}
@@ -63,12 +69,15 @@ def compute(
                      method, str(jnp.dtype(dtype)), num_clipped, tolerance, ks_elements, row_fit, row_columns,
                      esd_transform)
         if signature not in _COMPILED_AHEAD:
-            _compile_ahead(solve_calls, leaves, pieces, groups, fit_options)
+            _compile_ahead(solve_calls, order, leaves, pieces, groups, fit_options)
             _COMPILED_AHEAD[signature] = None
             while len(_COMPILED_AHEAD) > 64:
                 _COMPILED_AHEAD.pop(next(iter(_COMPILED_AHEAD)))
 
-    sources: list[tuple] = [solve_bucket(*args, **kwargs) for args, kwargs in solve_calls]  # (evals, rank, finite)
+    solved = [out for args, kwargs in solve_calls for out in solve_buckets(*args, **kwargs)]
+    sources: list[tuple] = [None] * len(buckets)  # per bucket: (evals, rank, finite)
+    for b, out in zip(order, solved):
+        sources[b] = out
     for i, leaf in enumerate(leaves):
         if leaf.solver is not None:  # a contribution's own solve (conv2d_fft: the operator's frequency matrices)
             evals, rank, finite = leaf.solver(values[i], leaf.view, method, dtype)
@@ -84,11 +93,11 @@ def compute(
     return out
 
 
-def _transforms(leaves: Sequence[LeafPlan], bucket: Bucket) -> dict:
-    """The ``transforms`` argument of a bucket's solve, absent when no leaf of it has one (the default analysis
-    calls ``solve_bucket`` exactly as before, so it compiles the same programs)."""
-    transforms = tuple(leaves[p.leaf].transform for p in bucket.pieces)
-    return {} if all(t is None for t in transforms) else {"transforms": transforms}
+def _transforms(leaves: Sequence[LeafPlan], buckets: Sequence[Bucket]) -> dict:
+    """The ``transforms`` argument of a solve, absent when no leaf of its buckets has one (the default analysis
+    calls ``solve_buckets`` exactly as before, so it compiles the same programs)."""
+    transforms = tuple(tuple(leaves[p.leaf].transform for p in bucket.pieces) for bucket in buckets)
+    return {} if all(t is None for ts in transforms for t in ts) else {"transforms": transforms}
 
 
 _COMPILED_AHEAD: dict[tuple, None] = {}  # analyses whose programs this process compiled ahead (oldest first)
@@ -102,19 +111,21 @@ def _compile_ahead_worthwhile(values, leaves, mesh) -> bool:
     return not any(isinstance(v, jax.core.Tracer) for v in values)
 
 
-def _compile_ahead(solve_calls, leaves, pieces, groups, fit_options) -> None:
-    """Compiles the analysis' programs side by side, one thread each (XLA compiles without holding the GIL), into
-    the caches the calls that follow read: the same programs, so the same numbers, in a fraction of the wall time
-    on a multi-core CPU. Programs already compiled (warm, or from the persistent cache) cost a lookup."""
-    lowered = [solve_bucket.lower(*args, **kwargs) for args, kwargs in solve_calls]
-    shapes = [tuple(out.out_info) for out in lowered]  # each bucket's (evals, rank, finite) without solving it
-    for members in groups:
-        used, index = _group_plan(members, leaves, pieces, shapes, fit_options["mesh"])
-        lowered.append(fit_group.lower(tuple(shapes[s] for s in used), index, **fit_options))
-    if len(lowered) < 2:
-        return
-    with concurrent.futures.ThreadPoolExecutor(min(len(lowered), os.cpu_count() or 1)) as pool:
-        list(pool.map(lambda program: program.compile(), lowered))
+def _compile_ahead(solve_calls, order, leaves, pieces, groups, fit_options) -> None:
+    """Compiles the analysis' programs side by side into the caches the calls that follow read: the same programs,
+    so the same numbers, in a fraction of the wall time on a multi-core CPU. Each program is handed to a compiling
+    thread as soon as it is lowered (XLA compiles without holding the GIL), so tracing the next one overlaps it.
+    Programs already compiled (warm, or from the persistent cache or the program store) cost a lookup."""
+    with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        ready = [solve_buckets.prepare(args, kwargs, pool) for args, kwargs in solve_calls]
+        shapes: list = [None] * len(order)  # each bucket's (evals, rank, finite) without solving it
+        for b, out in zip(order, (tuple(out) for _, info in ready for out in info)):
+            shapes[b] = out
+        for members in groups:
+            used, index = _group_plan(members, leaves, pieces, shapes, fit_options["mesh"])
+            ready.append(fit_group.prepare((tuple(shapes[s] for s in used), index), fit_options, pool))
+        for compile_, _ in ready:
+            compile_()
 
 
 def _group_plan(members, leaves, pieces, sources, mesh) -> tuple[list[int], RowIndex]:
@@ -131,4 +142,4 @@ def _group_plan(members, leaves, pieces, sources, mesh) -> tuple[list[int], RowI
 
 
 __all__ = ["Bucket", "LeafPlan", "MatrixShape", "Piece", "RowIndex", "bytes_per_matrix", "compute", "fit_group",
-           "fit_groups", "padded_size", "plan_buckets", "row_index", "solve_bucket"]
+           "fit_groups", "merge_buckets", "padded_size", "plan_buckets", "row_index", "solve_buckets"]

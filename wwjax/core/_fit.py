@@ -9,7 +9,6 @@ contributions' per-row columns (:class:`RowColumns`), and optionally preceded by
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import NamedTuple, Protocol
@@ -22,6 +21,7 @@ from wwjax.core import _results
 from wwjax.core._buckets import LeafPlan, _batch_spec, _replicated, _split_batch
 from wwjax.core._metrics import norm_metrics
 from wwjax.core._powerlaw import PowerLawFit, fit_power_law
+from wwjax.core._programs import program
 
 # Elements of the (rows × candidates × eigenvalues) KS reduction materialised at once (per device).
 _KS_BLOCK_ELEMENTS = 1 << 23
@@ -174,8 +174,8 @@ def row_index(
     return RowIndex(evals, matrices, scale, num_valid, rank_tol)
 
 
-@functools.partial(jax.jit, static_argnames=("num_clipped", "tolerance", "dtype", "mesh", "ks_elements", "row_fit",
-                                             "row_columns", "esd_transform"))
+@program(static_argnames=("num_clipped", "tolerance", "dtype", "mesh", "ks_elements", "row_fit", "row_columns",
+                          "esd_transform"))
 def fit_group(
     sources: tuple, index: RowIndex, *, num_clipped: int, tolerance: float, dtype, mesh=None,
     ks_elements: int = _KS_BLOCK_ELEMENTS, row_fit: RowFit = POWER_LAW,

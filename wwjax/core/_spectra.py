@@ -17,7 +17,9 @@ Two solvers:
 from __future__ import annotations
 
 import functools
+import itertools
 import math
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import jax
@@ -57,6 +59,13 @@ class SliceSpectra(NamedTuple):
 # matrix is solved again by the SVD (float64 only). Square random matrices of size 1024 land below it about 0.5%
 # of the time (their smallest singular value fluctuates down to zero); a rank-deficient matrix always does.
 DOUBT_FACTOR = 1e3
+
+
+# batch·m³ from which the CPU's bisection route pays for its compilation. Measured on a 2-core CPU, float32, per
+# matrix: m=64 0.11 vs 0.29 ms (eigvalsh), m=128 0.56 vs 1.05 ms, m=256 2.0 vs 7.6 ms: a saving of about
+# 3e-10·m³ s, against about 0.4 s more to compile. At 3.3e8 a call saves about 0.1 s: MiniLM's 36 matrices of
+# width 384 (2e9) take the bisection, a small CNN's layers (a few matrices of width ≤ 128) eigvalsh.
+BISECTION_WORK = 3.3e8
 
 
 def gram_floor(M: int, dtype) -> float:  # noqa: N803
@@ -198,9 +207,10 @@ def eigenvalues(a: Float[Array, "... m m"]) -> Float[Array, "... m"]:
 
     On CPU: LAPACK's ``sytrd`` reduces each matrix to tridiagonal form, then :func:`tridiagonal_eigenvalues`.
     ``jnp.linalg.eigvalsh`` runs LAPACK's ``syevd`` with its eigenvectors, which it then drops: this route is
-    about 2x faster for the Gram matrices of real layers (``docs/engine.md``). On other backends:
-    ``jnp.linalg.eigvalsh``, whose batched kernels are the better optimised there. The backend is chosen when
-    tracing (``jax.default_backend()``).
+    about 2x faster for the Gram matrices of real layers (``docs/engine.md``). But the bisection costs about 0.4 s
+    more to compile, which a small solve never earns back: below :data:`BISECTION_WORK` (``batch·m³``, about 0.1 s
+    of saving) the CPU runs ``eigvalsh`` too. On other backends: ``jnp.linalg.eigvalsh``, whose batched kernels are
+    the better optimised there. The route is chosen when tracing, from the backend and the static shape.
 
     Example:
       >>> import jax.numpy as jnp
@@ -210,10 +220,43 @@ def eigenvalues(a: Float[Array, "... m m"]) -> Float[Array, "... m"]:
     if jax.default_backend() != "cpu" or a.shape[-1] < 2:
         return jnp.linalg.eigvalsh(a)
     batch, m = a.shape[:-2], a.shape[-1]
+    if math.prod(batch) * m**3 < BISECTION_WORK:
+        return per_matrix(jnp.linalg.eigvalsh, a.reshape(-1, m, m)).reshape(*batch, m)
     reduce = lambda x: jax.lax.linalg.tridiagonal(x, lower=True)[1:3]  # noqa: E731
     diagonal, off_diagonal = per_matrix(reduce, a.reshape(-1, m, m))
     solve = jax.vmap(tridiagonal_eigenvalues)
     return solve(diagonal.reshape(-1, m), off_diagonal.reshape(-1, m - 1)).reshape(*batch, m)
+
+
+def spectra_of(stacks: Sequence[Float[Array, "batch n m"]], *, method: str) -> list[SliceSpectra]:
+    """:func:`slice_spectra` of several stacks, traced together. With the Gram route the stacks must share their
+    width ``M`` (any ``N``): one eigen-solve of their stacked Gram matrices serves them all, so a program that
+    solves many shapes holds one eigen-solver (the larger part of its compilation) instead of one per shape. Each
+    matrix is solved exactly as alone: the batched solvers treat every matrix of a batch independently.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> tall, square = jnp.ones((1, 3, 2)), jnp.eye(2)[None]  # widths 2 and 2
+      >>> [s.evals.round(4).tolist() for s in spectra_of([tall, square], method="gram")]
+      [[[0.0, 6.0]], [[1.0, 1.0]]]
+    """
+    if method == "svd":
+        evals = [(sv * sv) for sv in (per_matrix(functools.partial(jnp.linalg.svd, compute_uv=False), s)[..., ::-1]
+                                      for s in stacks)]
+    else:
+        if len({s.shape[-1] for s in stacks}) > 1:
+            # Two eigen-solves in one program could run at once and deadlock XLA's CPU pool (docs/scaling.md).
+            raise ValueError(f"one Gram solve needs one width M, got {sorted({s.shape[-1] for s in stacks})}")
+        grams = [jnp.einsum("bnm,bnk->bmk", s, s, precision=jax.lax.Precision.HIGHEST) for s in stacks]
+        solved = jnp.clip(eigenvalues(jnp.concatenate(grams) if len(grams) > 1 else grams[0]), 0.0, None)
+        splits = list(itertools.accumulate(s.shape[0] for s in stacks[:-1]))
+        evals = [_resolve_doubtful(s, ev) if refines_small_values(method, ev.dtype) else ev
+                 for s, ev in zip(stacks, jnp.split(solved, splits) if splits else [solved])]
+    out = []
+    for stack, ev in zip(stacks, evals):
+        tol = rank_tolerance(method, *stack.shape[-2:], stack.dtype)
+        out.append(SliceSpectra(ev, jnp.sum(ev > ev[..., -1:] * tol, axis=-1)))
+    return out
 
 
 @functools.partial(jax.jit, static_argnames=("method",))
@@ -227,14 +270,4 @@ def slice_spectra(stack: Float[Array, "batch n m"], *, method: str) -> SliceSpec
       >>> [round(float(x), 4) for x in spectra.evals[0]], int(spectra.rank[0])
       ([0.0, 4.0, 9.0], 2)
     """
-    if method == "svd":
-        sv = per_matrix(functools.partial(jnp.linalg.svd, compute_uv=False), stack)[..., ::-1]
-        evals = sv * sv
-    else:
-        gram = jnp.einsum("bnm,bnk->bmk", stack, stack, precision=jax.lax.Precision.HIGHEST)
-        evals = jnp.clip(eigenvalues(gram), 0.0, None)
-        if refines_small_values(method, stack.dtype):
-            evals = _resolve_doubtful(stack, evals)
-    tol = rank_tolerance(method, *stack.shape[-2:], stack.dtype)
-    rank = jnp.sum(evals > evals[..., -1:] * tol, axis=-1)
-    return SliceSpectra(evals, rank)
+    return spectra_of([stack], method=method)[0]

@@ -19,7 +19,6 @@ huge program of many independent parts (which could stall it). The columns go to
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections import defaultdict
 
 import jax
@@ -28,6 +27,7 @@ import numpy as np
 
 from wwjax.core import _results
 from wwjax.core._layout import MatrixView, as_matrices
+from wwjax.core._programs import program
 from wwjax.diagnostics._mpfit import MarchenkoPasturFit, fit_marchenko_pastur_rows
 from wwjax.diagnostics._randomize import (
     as_key, jensen_shannon_distance, leaf_seed, num_replicas, path_hash, permutations, permuted, trap_threshold,
@@ -60,7 +60,8 @@ def _padded_size(n: int, minimum: int = 8) -> int:
 
 
 def fit_rows_grouped(rows: list, shapes: list[tuple[int, int]]) -> list[MarchenkoPasturFit]:
-    """MP fits of every row of every ``(r, n)`` array; rows of similar length share one vmapped call."""
+    """MP fits of every row of every ``(r, n)`` array; rows of similar length share one vmapped call (one
+    program per group: the padding, the fit and the split per array all happen inside it)."""
     groups: dict[int, list[int]] = defaultdict(list)
     for i, evals in enumerate(rows):
         groups[_padded_size(evals.shape[-1])].append(i)
@@ -69,20 +70,31 @@ def fit_rows_grouped(rows: list, shapes: list[tuple[int, int]]) -> list[Marchenk
         counts = [rows[i].shape[0] for i in members]
         r_pad = _padded_size(sum(counts), minimum=1) - sum(counts)
         dtype = rows[members[0]].dtype
-        evals = jnp.concatenate([jnp.pad(rows[i], ((0, 0), (n_pad - rows[i].shape[1], 0))) for i in members]
-                                + [jnp.ones((r_pad, n_pad), dtype)])
         # Shapes are static: the per-row constants are built on the host.
         Q = np.concatenate([np.full(c, shapes[i][0] / shapes[i][1]) for i, c in zip(members, counts)]
                            + [np.full(r_pad, 2.0)]).astype(dtype)
         M = np.concatenate([np.full(c, shapes[i][1]) for i, c in zip(members, counts)] + [np.full(r_pad, n_pad)])
         valid = np.concatenate([np.full(c, rows[i].shape[1]) for i, c in zip(members, counts)]
                                + [np.full(r_pad, n_pad)])
-        fits = fit_marchenko_pastur_rows(evals, Q, M, valid)
-        offset = 0
-        for i, count in zip(members, counts):
-            out[i] = jax.tree.map(lambda v: v[offset : offset + count], fits)  # noqa: B023
-            offset += count
+        fits = _fit_padded_rows(tuple(rows[i] for i in members), Q, M, valid, n_pad=n_pad, r_pad=r_pad)
+        for i, fit in zip(members, fits):
+            out[i] = fit
     return out
+
+
+@program(static_argnames=("n_pad", "r_pad"))
+def _fit_padded_rows(rows: tuple, Q, M, valid, *, n_pad: int, r_pad: int) -> tuple:  # noqa: N803
+    """The rows of ``rows`` zero-padded in front to ``n_pad``, stacked with ``r_pad`` rows of ones, MP-fitted
+    together, and the fits split back per array."""
+    dtype = rows[0].dtype
+    evals = jnp.concatenate([jnp.pad(r, ((0, 0), (n_pad - r.shape[1], 0))) for r in rows]
+                            + [jnp.ones((r_pad, n_pad), dtype)])
+    fits = fit_marchenko_pastur_rows(evals, Q, M, valid)
+    out, offset = [], 0
+    for r in rows:
+        out.append(jax.tree.map(lambda v, o=offset, c=r.shape[0]: v[o : o + c], fits))
+        offset += r.shape[0]
+    return tuple(out)
 
 
 def _mp_columns(fit: MarchenkoPasturFit, prefix: str) -> dict:
@@ -90,14 +102,14 @@ def _mp_columns(fit: MarchenkoPasturFit, prefix: str) -> dict:
     return {names.get(c, prefix + c): getattr(fit, c) for c in MP_COLUMNS}
 
 
-@functools.partial(jax.jit, static_argnames=("size", "count"))
+@program(static_argnames=("size", "count"))
 def _leaf_permutations(key, path_word, *, size: int, count: int):
     """A leaf's shuffle permutations; ``path_word`` (its :func:`path_hash`) is an argument, so that leaves of one
     shape share the compilation."""
     return permutations(leaf_seed(key, path_word), size, count)
 
 
-@functools.partial(jax.jit, static_argnames=("view", "dtype"))
+@program(static_argnames=("view", "dtype"))
 def _shuffle_leaf(value, perms, ok, *, view: MatrixView, dtype):
     """A leaf's ``(L, K, N, M)`` matrices shuffled by ``perms`` (``replicas·L·K`` of them), as
     ``(replicas·L·K, N, M)``.
@@ -112,8 +124,7 @@ def _shuffle_leaf(value, perms, ok, *, view: MatrixView, dtype):
     return jnp.where(ok[None, :, None, None], out, 0.0).reshape(-1, n, m)
 
 
-@functools.partial(jax.jit, static_argnames=("replicas", "pool", "scale", "L", "K"))
-def _random_rows(evals, *, replicas: int, pool: bool, scale: float, L: int, K: int):
+def _random_rows(evals, *, replicas: int, pool: bool, scale: float, L: int, K: int):  # noqa: N803
     """Shuffled spectra ``(shuffles, L·K, m)`` → ``R1`` and ``R2`` rows, pooled like the ESD rows.
 
     ``R1`` pools the first ``replicas`` shuffles; ``R2`` is the one after them if there is one (``fresh_r2``),
@@ -131,32 +142,40 @@ def _random_rows(evals, *, replicas: int, pool: bool, scale: float, L: int, K: i
     return jnp.sort(r1, axis=-1), jnp.sort(r2, axis=-1)
 
 
+@program(static_argnames=("rows", "method"))
+def _shuffled_rows(shuffles: tuple, *, rows: tuple, method: str) -> tuple:
+    """``(R1, R2)`` of each leaf of one shape bucket from its shuffled matrices ``shuffles[j]``: one eigen-solve
+    of them all, split per leaf and pooled by ``rows[j] = (replicas, pool, scale, L, K)`` (see
+    :func:`_random_rows`), in one program per bucket."""
+    batch = jnp.concatenate(shuffles) if len(shuffles) > 1 else shuffles[0]
+    evals = slice_spectra(batch, method=method).evals
+    out, offset = [], 0
+    for shuffle, (replicas, pool, scale, L, K) in zip(shuffles, rows):  # noqa: N806
+        count = shuffle.shape[0]
+        out.append(_random_rows(evals[offset : offset + count], replicas=replicas, pool=pool, scale=scale, L=L, K=K))
+        offset += count
+    return tuple(out)
+
+
 def _random_spectra(leaves, values, ok, key, method: str, dtype, scales, pool: bool, fresh_r2: bool):
     """``(R1, R2)`` rows of every leaf: the shuffles of all leaves bucketed by shape, one eigen-solve per bucket."""
     shuffles, buckets = [], defaultdict(list)
     for i, (leaf, value, row_ok) in enumerate(zip(leaves, values, ok)):
         replicas = num_replicas(leaf.shape.M) + int(fresh_r2)
-        L, K, N, M = leaf.shape.num_layers, leaf.shape.num_slices, leaf.shape.N, leaf.shape.M
+        L, K, N, M = leaf.shape.num_layers, leaf.shape.num_slices, leaf.shape.N, leaf.shape.M  # noqa: N806
         perms = _leaf_permutations(key, path_hash(leaf.info.path), size=N * M, count=replicas * L * K)
         shuffles.append(_shuffle_leaf(value, perms, row_ok, view=leaf.view, dtype=dtype))
         buckets[shuffles[-1].shape[-2:]].append(i)
-    spectra = [None] * len(leaves)
+    out = [None] * len(leaves)
     for members in buckets.values():
-        batch = jnp.concatenate([shuffles[i] for i in members]) if len(members) > 1 else shuffles[members[0]]
-        evals = slice_spectra(batch, method=method).evals
-        offset = 0
-        for i in members:
-            count = shuffles[i].shape[0]
-            spectra[i] = evals[offset : offset + count]
-            offset += count
-    return [
-        _random_rows(s, replicas=num_replicas(leaf.shape.M), pool=pool, scale=scale,
-                     L=leaf.shape.num_layers, K=leaf.shape.num_slices)
-        for leaf, s, scale in zip(leaves, spectra, scales)
-    ]
+        rows = tuple((num_replicas(leaves[i].shape.M), pool, float(scales[i]), leaves[i].shape.num_layers,
+                      leaves[i].shape.num_slices) for i in members)
+        for i, pair in zip(members, _shuffled_rows(tuple(shuffles[i] for i in members), rows=rows, method=method)):
+            out[i] = pair
+    return out
 
 
-@functools.partial(jax.jit, static_argnames=("view", "shape", "k", "pool", "scale", "N", "M"))
+@program(static_argnames=("view", "shape", "k", "pool", "scale", "N", "M"))
 def _trap_elements(value, bulk_max, *, view: MatrixView, shape: tuple, k: int, pool: bool, scale: float, N: int,
                    M: int):
     """Elements whose (scaled) square passes the one-element escape threshold: their count, and the k largest."""
@@ -178,7 +197,7 @@ def _trap_elements(value, bulk_max, *, view: MatrixView, shape: tuple, k: int, p
     )
 
 
-@jax.jit
+@program
 def _masked(columns: dict, ok) -> dict:
     """NaN (floats) / −1 (ints) in rows whose weights were not finite."""
     def mask(v):
@@ -202,7 +221,7 @@ class _Plan:
     fresh_r2: bool
 
 
-@jax.jit
+@program
 def _rand_columns(esd, r1, r2) -> dict:
     """The columns that compare a leaf's ESD rows with its shuffled ones."""
     return dict(

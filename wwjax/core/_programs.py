@@ -28,11 +28,12 @@ import sys
 import tempfile
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import jax
 import jaxlib
+import numpy as np
 
 _MAGIC = b"wwjax-program-1\n"
 _store: pathlib.Path | None = None
@@ -140,6 +141,9 @@ class Program:
         _programs.add(self)
 
     def __call__(self, *args, **kwargs):
+        pool = getattr(_ahead, "pool", None)
+        if pool is not None:  # planning: compile on the pool, answer with the outputs' shapes
+            return self.prepare(args, kwargs, pool)[1]
         entry = self._entry(args, kwargs) if _store is not None else None
         if entry is None:
             return self.jitted(*args, **kwargs)
@@ -220,6 +224,66 @@ class Program:
         return _Entry(done, out_tree, tuple(exported.out_avals))
 
 
+_ahead = threading.local()
+
+
+def compile_ahead(plan: Callable[[], Any], signature: Hashable | None = None) -> None:
+    """Compiles every program that ``plan()`` calls, side by side, without running any: inside ``plan`` a
+    :class:`Program` call lowers its program, hands the compilation to a thread (XLA compiles without holding the
+    GIL) and returns the shapes of its outputs (``jax.ShapeDtypeStruct``), so that host code which only reads
+    shapes runs on to the next program. ``plan`` is typically the orchestration itself, called on
+    ``jax.ShapeDtypeStruct`` stand-ins of its arrays. The calls that follow run what was compiled: the same
+    programs, so the same numbers, in a fraction of the wall time on a multi-core CPU.
+
+    ``signature``: what the programs depend on; a signature planned before in this process is not planned again
+    (its programs are all compiled). Does nothing on a single-core machine.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> double = Program(lambda x: 2 * x)
+      >>> compile_ahead(lambda: double(jax.ShapeDtypeStruct((3,), jnp.float32)))
+      >>> double(jnp.ones(3)).tolist()
+      [2.0, 2.0, 2.0]
+    """
+    if (os.cpu_count() or 1) < 2 or getattr(_ahead, "pool", None) is not None:
+        return
+    if signature is not None:
+        with _lock:
+            if signature in _planned:
+                return
+    with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        _ahead.pool = pool
+        try:
+            plan()
+        finally:
+            _ahead.pool = None
+    if signature is not None:
+        with _lock:
+            _planned[signature] = None
+            while len(_planned) > 64:
+                _planned.pop(next(iter(_planned)))
+
+
+_planned: dict = {}  # signatures compile_ahead has planned in this process (oldest first)
+
+
+def abstract(tree: Any) -> Any:
+    """``jax.ShapeDtypeStruct`` stand-ins for the arrays of ``tree`` (other leaves unchanged), for
+    :func:`compile_ahead`.
+
+    Example:
+      >>> import numpy as np
+      >>> abstract({"w": np.zeros((2, 3), np.float32), "n": 4})
+      {'n': 4, 'w': ShapeDtypeStruct(shape=(2, 3), dtype=float32)}
+    """
+    def stand_in(leaf):
+        if isinstance(leaf, (jax.Array, np.ndarray)):
+            return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype)
+        return leaf
+
+    return jax.tree.map(stand_in, tree)
+
+
 def _read(path: pathlib.Path):
     """The exported program and output tree stored at ``path``, or ``(None, None)`` if absent or unreadable."""
     try:
@@ -273,4 +337,4 @@ def program(fun: Callable | None = None, *, static_argnames: tuple[str, ...] = (
     return Program(fun, static_argnames)
 
 
-__all__ = ["Program", "forget_loaded", "program", "program_store", "use_program_store"]
+__all__ = ["Program", "abstract", "compile_ahead", "forget_loaded", "program", "program_store", "use_program_store"]

@@ -27,7 +27,7 @@ import numpy as np
 
 from wwjax.core import _results
 from wwjax.core._layout import MatrixView, as_matrices
-from wwjax.core._programs import program
+from wwjax.core._programs import abstract, compile_ahead, program
 from wwjax.diagnostics._mpfit import MarchenkoPasturFit, fit_marchenko_pastur_rows
 from wwjax.diagnostics._randomize import (
     as_key, jensen_shannon_distance, leaf_seed, num_replicas, path_hash, permutations, permuted, trap_threshold,
@@ -267,5 +267,12 @@ def add_diagnostics(leaves, values, metrics: list[dict], opts, *, scales, method
                  opts.trap_elements, opts.fresh_r2)
     key = as_key(opts.key) if opts.randomize else None
     ok = [m["status_code"] != _results.STATUS_NON_FINITE for m in metrics]
-    extras = _columns(tuple(values), tuple(m["esd"] for m in metrics), ok, key, plan=plan)
+    esds = tuple(m["esd"] for m in metrics)
+    inputs = (tuple(values), esds, ok, key)
+    if not any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(inputs)):
+        # Eagerly, the programs are compiled side by side first (a randomized MiniLM compiles ~20 of them).
+        stand_ins = abstract(inputs)
+        signature = (plan, str(jax.tree.structure(stand_ins)), tuple(map(repr, jax.tree.leaves(stand_ins))))
+        compile_ahead(lambda: _columns(*stand_ins, plan=plan), signature)
+    extras = _columns(*inputs, plan=plan)
     return [dict(m, extra={**m.get("extra", {}), **extra}) for m, extra in zip(metrics, extras)]

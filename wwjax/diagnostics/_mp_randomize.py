@@ -32,7 +32,7 @@ from wwjax.diagnostics._mpfit import MarchenkoPasturFit, fit_marchenko_pastur_ro
 from wwjax.diagnostics._randomize import (
     as_key, jensen_shannon_distance, leaf_seed, num_replicas, path_hash, permutations, permuted, trap_threshold,
 )
-from wwjax.core._spectra import slice_spectra
+from wwjax.core._spectra import spectra_of
 
 MP_COLUMNS = ("num_spikes", "sigma_mp", "mp_softrank", "W_scale", "bulk_max", "bulk_min")
 
@@ -144,30 +144,36 @@ def _random_rows(evals, *, replicas: int, pool: bool, scale: float, L: int, K: i
 
 @program(static_argnames=("rows", "method"))
 def _shuffled_rows(shuffles: tuple, *, rows: tuple, method: str) -> tuple:
-    """``(R1, R2)`` of each leaf of one shape bucket from its shuffled matrices ``shuffles[j]``: one eigen-solve
-    of them all, split per leaf and pooled by ``rows[j] = (replicas, pool, scale, L, K)`` (see
-    :func:`_random_rows`), in one program per bucket."""
-    batch = jnp.concatenate(shuffles) if len(shuffles) > 1 else shuffles[0]
-    evals = slice_spectra(batch, method=method).evals
-    out, offset = [], 0
-    for shuffle, (replicas, pool, scale, L, K) in zip(shuffles, rows):  # noqa: N806
-        count = shuffle.shape[0]
-        out.append(_random_rows(evals[offset : offset + count], replicas=replicas, pool=pool, scale=scale, L=L, K=K))
-        offset += count
-    return tuple(out)
+    """``(R1, R2)`` of each of some leaves of one width ``M`` from their shuffled matrices ``shuffles[j]``: those of
+    one ``(N, M)`` shape stacked, one eigen-solve for them all (:func:`wwjax.core._spectra.spectra_of`), then split
+    per leaf and pooled by ``rows[j] = (replicas, pool, scale, L, K)`` (see :func:`_random_rows`). One program per
+    width."""
+    shapes = list(dict.fromkeys(s.shape[1:] for s in shuffles))
+    members = [[j for j, s in enumerate(shuffles) if s.shape[1:] == shape] for shape in shapes]
+    stacks = [jnp.concatenate([shuffles[j] for j in group]) if len(group) > 1 else shuffles[group[0]]
+              for group in members]
+    evals = [None] * len(shuffles)
+    for group, spectra in zip(members, spectra_of(stacks, method=method)):
+        offset = 0
+        for j in group:
+            count = shuffles[j].shape[0]
+            evals[j] = spectra.evals[offset : offset + count]
+            offset += count
+    return tuple(_random_rows(ev, replicas=replicas, pool=pool, scale=scale, L=L, K=K)
+                 for ev, (replicas, pool, scale, L, K) in zip(evals, rows))  # noqa: N806
 
 
 def _random_spectra(leaves, values, ok, key, method: str, dtype, scales, pool: bool, fresh_r2: bool):
-    """``(R1, R2)`` rows of every leaf: the shuffles of all leaves bucketed by shape, one eigen-solve per bucket."""
-    shuffles, buckets = [], defaultdict(list)
+    """``(R1, R2)`` rows of every leaf: the shuffles of all leaves grouped by width, one eigen-solve per width."""
+    shuffles, widths = [], defaultdict(list)
     for i, (leaf, value, row_ok) in enumerate(zip(leaves, values, ok)):
         replicas = num_replicas(leaf.shape.M) + int(fresh_r2)
         L, K, N, M = leaf.shape.num_layers, leaf.shape.num_slices, leaf.shape.N, leaf.shape.M  # noqa: N806
         perms = _leaf_permutations(key, path_hash(leaf.info.path), size=N * M, count=replicas * L * K)
         shuffles.append(_shuffle_leaf(value, perms, row_ok, view=leaf.view, dtype=dtype))
-        buckets[shuffles[-1].shape[-2:]].append(i)
+        widths[M if method == "gram" else (N, M)].append(i)  # the SVD's solves are per shape
     out = [None] * len(leaves)
-    for members in buckets.values():
+    for members in widths.values():
         rows = tuple((num_replicas(leaves[i].shape.M), pool, float(scales[i]), leaves[i].shape.num_layers,
                       leaves[i].shape.num_slices) for i in members)
         for i, pair in zip(members, _shuffled_rows(tuple(shuffles[i] for i in members), rows=rows, method=method)):

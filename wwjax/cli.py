@@ -16,10 +16,12 @@ turn that off.
 from __future__ import annotations
 
 import argparse
+import importlib
 import pathlib
 import re
 import shutil
 import sys
+import threading
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pandas is imported where a table is made: `wwjax --help` and a bad path stay instant
@@ -261,6 +263,11 @@ def _summary_frame(means: dict) -> pd.DataFrame:
     return pd.DataFrame([means])
 
 
+def _import_in_background(name: str) -> None:
+    """Starts importing module ``name`` on a thread (a later ``import`` waits for it to finish, if need be)."""
+    threading.Thread(target=importlib.import_module, args=(name,), daemon=True).start()
+
+
 def _run_analyze(args) -> None:
     import wwjax
     from wwjax.io._formats import detect_format, load_params
@@ -272,6 +279,7 @@ def _run_analyze(args) -> None:
         raise ValueError(f"{args.path}: --step, --item and --subtree apply to Orbax checkpoints only")
     bar = ProgressBar(2, enabled=not args.quiet and sys.stderr.isatty(), label="wwjax analyze")
     bar.update(0, "reading")
+    _import_in_background("pandas")  # the table's; meanwhile the analysis mostly waits on XLA, without the GIL
     try:
         if args.plot or kind != "orbax":  # the figures need the spectra themselves, so the params are read whole
             params = load_params(args.path, step=args.step, item=args.item, subtree=args.subtree)

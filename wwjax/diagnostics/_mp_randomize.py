@@ -27,7 +27,7 @@ import numpy as np
 
 from wwjax.core import _results
 from wwjax.core._layout import MatrixView, as_matrices
-from wwjax.core._programs import abstract, compile_ahead, program
+from wwjax.core._programs import FAST_COMPILE, abstract, compile_ahead, program
 from wwjax.diagnostics._mpfit import MarchenkoPasturFit, fit_marchenko_pastur_rows
 from wwjax.diagnostics._randomize import (
     as_key, jensen_shannon_distance, leaf_seed, num_replicas, path_hash, permutations, permuted, trap_threshold,
@@ -82,7 +82,7 @@ def fit_rows_grouped(rows: list, shapes: list[tuple[int, int]]) -> list[Marchenk
     return out
 
 
-@program(static_argnames=("n_pad", "r_pad"))
+@program(static_argnames=("n_pad", "r_pad"), cpu_options=FAST_COMPILE)
 def _fit_padded_rows(rows: tuple, Q, M, valid, *, n_pad: int, r_pad: int) -> tuple:  # noqa: N803
     """The rows of ``rows`` zero-padded in front to ``n_pad``, stacked with ``r_pad`` rows of ones, MP-fitted
     together, and the fits split back per array."""

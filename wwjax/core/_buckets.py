@@ -1,7 +1,8 @@
-"""Stages 3–4: the matrices of all leaves grouped into shape buckets, one vmapped eigen-solve per bucket.
+"""Stages 3–4: the matrices of all leaves grouped into shape buckets, one vmapped eigen-solve per width.
 
-**One compiled program per bucket** (:func:`solve_bucket`): every matrix of one ``(N, M)`` shape, taken from all the
-leaves that have it, converted to the compute dtype, stacked and solved by one vmapped eigen-solve. The conversion,
+A bucket is every matrix of one ``(N, M)`` shape, taken from all the leaves that have it, converted to the compute
+dtype and stacked. **One compiled program per width** (:func:`solve_buckets`, grouped by :func:`merge_buckets`):
+the buckets of one width ``M`` share it, and their ``M × M`` Gram matrices one vmapped eigen-solve. The conversion,
 the reshape to ``(N, M)`` and the stacking happen inside the program, so XLA makes a single copy of the weights.
 
 ``max_bucket_bytes`` caps what a bucket materialises: a bucket is cut into chunks of whole matrices, and a matrix that

@@ -1,8 +1,8 @@
 """Stages 3–5 of an analysis, orchestrated: leaves → shape buckets → batched eigen-solves → every row fitted at once.
 
 Two kinds of compiled program do all the work, so a model costs a handful of compilations however many leaves it has:
-one per shape bucket (:func:`wwjax.core._buckets.solve_bucket`) and one per fit group
-(:func:`wwjax.core._fit.fit_group`). A leaf whose plan carries a ``solver`` (a contribution's own solve, e.g. the
+one per width of its matrices (:func:`wwjax.core._buckets.solve_buckets`, the shape buckets of that width) and one
+per fit group (:func:`wwjax.core._fit.fit_group`). A leaf whose plan carries a ``solver`` (a contribution's own solve, e.g. the
 conv operator spectrum) is solved by it instead of a bucket, and its spectra join the fit groups like any other.
 """
 

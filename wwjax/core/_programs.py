@@ -92,6 +92,18 @@ def _environment_of(*config) -> str:
                  jax.device_count(), device.device_kind, config, _source_digest()))
 
 
+def _tracing(args: tuple, kwargs: dict) -> bool:
+    """Whether this call is part of an outer trace (``jax.jit``, ``vmap``, ``grad`` of the caller)."""
+    if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves((args, kwargs))):
+        return True
+    try:  # concrete arguments inside an outer jit: only the trace context tells
+        from jax._src import core
+    except ImportError:  # pragma: no cover - a JAX without it: the arguments' check above is all there is
+        return False
+    trace = getattr(getattr(core, "trace_ctx", None), "trace", None)
+    return trace is not None and not isinstance(trace, core.EvalTrace)
+
+
 def _stable_repr(value: Any) -> str | None:
     """``repr(value)`` if it names the value the same way in every process (no object addresses), else None."""
     text = repr(value)
@@ -137,10 +149,17 @@ class Program:
         self.fun = fun
         self.static_argnames = tuple(static_argnames)
         self.cpu_options = dict(cpu_options or {})
-        self._jitted = None
+        self._jitted = self._nested = None
         self._entries: dict[str, _Entry] = {}
         functools.update_wrapper(self, fun)
         _programs.add(self)
+
+    @property
+    def nested(self):
+        """The plain ``jax.jit`` of ``fun``, for a call inside another trace (where XLA options cannot be set)."""
+        if self._nested is None:
+            self._nested = jax.jit(self.fun, static_argnames=self.static_argnames)
+        return self._nested
 
     @property
     def jitted(self):
@@ -155,6 +174,8 @@ class Program:
         return self.cpu_options if self.cpu_options and jax.default_backend() == "cpu" else None
 
     def __call__(self, *args, **kwargs):
+        if _tracing(args, kwargs):
+            return self.nested(*args, **kwargs)
         pool = getattr(_ahead, "pool", None)
         if pool is not None:  # planning: compile on the pool, answer with the outputs' shapes
             return self.prepare(args, kwargs, pool)[1]

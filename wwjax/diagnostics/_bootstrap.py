@@ -37,6 +37,7 @@ from jaxtyping import Array, Float, Int
 
 from wwjax.core._fit import POWER_LAW, PowerLawRowFit
 from wwjax.core._powerlaw import SMALL_N_CUTOFF, fit_power_law, fitted_block
+from wwjax.core._programs import FAST_COMPILE, program
 from wwjax.diagnostics._randomize import _mix32, as_key, path_hash
 
 RESAMPLES = ("esd", "tail")
@@ -213,8 +214,8 @@ def summarize(alpha: Float[Array, " rows"], boot: Float[Array, "rows B"], *, lev
     return BootstrapAlpha(*(jnp.where(fitted, c.astype(dtype), nan) for c in (std, low, high)))
 
 
-@functools.partial(jax.jit, static_argnames=("num_resamples", "level", "resample", "interval", "num_clipped",
-                                             "ks_elements", "refit"))
+@program(static_argnames=("num_resamples", "level", "resample", "interval", "num_clipped", "ks_elements", "refit"),
+         cpu_options=FAST_COMPILE)
 def bootstrap_rows(
     evals: Float[Array, "rows n"],
     num_valid: Int[Array, " rows"],

@@ -128,7 +128,25 @@ def test_console_script_in_a_subprocess(tmp_path):
     assert failed.returncode == 1
     expected = f"wwjax analyze: error: no such file or directory: {tmp_path / 'none'}"
     assert failed.stderr.strip().splitlines() == [expected]
-    assert 'wwjax = "wwjax.cli:main"' in (ROOT / "pyproject.toml").read_text()
+    assert 'wwjax = "wwjax.cli:run"' in (ROOT / "pyproject.toml").read_text()
+
+
+def test_the_command_writes_everything_before_its_quick_exit(tmp_path):
+    """The command ends with ``os._exit`` after flushing (no interpreter teardown): its table, its summary line
+    and the files it writes must all be complete."""
+    model = tmp_path / "m.msgpack"
+    model.write_bytes(serialization.msgpack_serialize(
+        {"Dense_0": {"kernel": np.random.default_rng(5).standard_t(3, (64, 48)).astype(np.float32)},
+         "Dense_1": {"kernel": np.random.default_rng(6).standard_t(3, (48, 40)).astype(np.float32)}}))
+    env = dict(os.environ, PYTHONPATH=str(ROOT), WWJAX_NO_CACHE="1")
+    done = subprocess.run([sys.executable, "-m", "wwjax.cli", "analyze", str(model), "--csv", str(tmp_path / "t.csv"),
+                           "--json", str(tmp_path / "t.json")], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "Dense_0/kernel" in done.stdout and done.stdout.rstrip().splitlines()[-1].startswith("summary: ")
+    table = pd.read_csv(tmp_path / "t.csv")
+    assert list(table["path"]) == ["Dense_0/kernel", "Dense_1/kernel"] and table["alpha"].notna().all()
+    assert len(pd.read_json(tmp_path / "t.json")) == 2
+    assert len(pd.read_csv(tmp_path / "t.summary.csv")) == 1
 
 
 def test_load_params_reads_orbax_params_only(trained_run):

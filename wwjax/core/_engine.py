@@ -8,7 +8,6 @@ conv operator spectrum) is solved by it instead of a bucket, and its spectra joi
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import os
 from collections.abc import Sequence
@@ -25,6 +24,7 @@ from wwjax.core._fit import (
     padded_size, row_index,
 )
 from wwjax.core._layout import MatrixShape
+from wwjax.core._programs import abstract, compile_ahead
 from wwjax.core._spectra import rank_tolerance
 
 
@@ -43,11 +43,10 @@ def compute(
         mesh = Mesh(mesh.devices, mesh.axis_names, axis_types=(AxisType.Auto,) * len(mesh.axis_names))
     buckets = plan_buckets(leaves, method, itemsize, max_bucket_bytes)
     merged = merge_buckets(buckets, method, itemsize, max_bucket_bytes, mesh)
-    solve_calls = [((tuple(tuple(values[p.leaf] for p in buckets[b].pieces) for b in group),),
-                    dict(views=tuple(tuple(leaves[p.leaf].view for p in buckets[b].pieces) for b in group),
-                         buckets=tuple(buckets[b] for b in group), method=method, dtype=dtype, mesh=mesh,
-                         **_transforms(leaves, [buckets[b] for b in group]))) for group in merged]
-    # The sources the fit groups read, in bucket order: solve_calls[k] returns the buckets of merged[k].
+    solve_options = [dict(views=tuple(tuple(leaves[p.leaf].view for p in buckets[b].pieces) for b in group),
+                          buckets=tuple(buckets[b] for b in group), method=method, dtype=dtype, mesh=mesh,
+                          **_transforms(leaves, [buckets[b] for b in group])) for group in merged]
+    # The sources the fit groups read, in bucket order: the k-th solve returns the buckets of merged[k].
     order = [b for group in merged for b in group]
     pieces: list[list] = [[] for _ in leaves]  # per leaf: (first matrix, source, offset in source, count)
     # A matrix whose Gram is accumulated blockwise is not re-solved by the SVD: its rank counts at the Gram's floor.
@@ -63,34 +62,48 @@ def compute(
     fit_options = dict(num_clipped=num_clipped, tolerance=tolerance, dtype=dtype, mesh=mesh, ks_elements=ks_elements,
                        row_fit=row_fit, row_columns=row_columns, esd_transform=esd_transform)
     groups = fit_groups(leaves)
+
+    def run(values) -> list:
+        """Solves and fits: the metrics of each fit group (on ``jax.ShapeDtypeStruct`` stand-ins of ``values``
+        inside :func:`compile_ahead`, where each program call compiles and answers with its outputs' shapes)."""
+        calls = [((tuple(tuple(values[p.leaf] for p in buckets[b].pieces) for b in group),), kwargs)
+                 for group, kwargs in zip(merged, solve_options)]
+        sources = _solve(calls, order, len(buckets))
+        where = [list(p) for p in pieces]
+        for i, leaf in enumerate(leaves):  # a contribution's own solve (conv2d_fft: the operator's frequencies)
+            if leaf.solver is not None:
+                evals, rank, finite = leaf.solver(values[i], leaf.view, method, dtype)
+                sources.append((evals, rank, finite.reshape(-1)))
+                where[i].append((0, len(sources) - 1, 0, leaf.num_matrices))
+        fitted = []
+        for members in groups:
+            used, index = _group_plan(members, leaves, where, sources, mesh)
+            fitted.append(fit_group(tuple(sources[s] for s in used), index, **fit_options))
+        return fitted
+
     if _compile_ahead_worthwhile(values, leaves, mesh):
         # What the programs depend on: a second analysis of the same shapes goes straight to the calls.
-        signature = (tuple((tuple(v.shape), str(v.dtype)) for v in values), tuple(leaves), tuple(map(tuple, groups)),
-                     method, str(jnp.dtype(dtype)), num_clipped, tolerance, ks_elements, row_fit, row_columns,
-                     esd_transform)
-        if signature not in _COMPILED_AHEAD:
-            _compile_ahead(solve_calls, order, leaves, pieces, groups, fit_options)
-            _COMPILED_AHEAD[signature] = None
-            while len(_COMPILED_AHEAD) > 64:
-                _COMPILED_AHEAD.pop(next(iter(_COMPILED_AHEAD)))
-
-    solved = [out for args, kwargs in solve_calls for out in solve_buckets(*args, **kwargs)]
-    sources: list[tuple] = [None] * len(buckets)  # per bucket: (evals, rank, finite)
-    for b, out in zip(order, solved):
-        sources[b] = out
-    for i, leaf in enumerate(leaves):
-        if leaf.solver is not None:  # a contribution's own solve (conv2d_fft: the operator's frequency matrices)
-            evals, rank, finite = leaf.solver(values[i], leaf.view, method, dtype)
-            sources.append((evals, rank, finite.reshape(-1)))
-            pieces[i].append((0, len(sources) - 1, 0, leaf.num_matrices))
+        signature = ("engine", tuple((tuple(v.shape), str(v.dtype)) for v in values), tuple(leaves),
+                     tuple(map(tuple, groups)), method, str(jnp.dtype(dtype)), num_clipped, tolerance, ks_elements,
+                     row_fit, row_columns, esd_transform, max_bucket_bytes)
+        stand_ins = abstract(list(values))
+        compile_ahead(lambda: run(stand_ins), signature)
 
     out: list = [None] * len(leaves)
-    for members in groups:
-        used, index = _group_plan(members, leaves, pieces, sources, mesh)
-        metrics = fit_group(tuple(sources[s] for s in used), index, **fit_options)
+    for members, metrics in zip(groups, run(values)):
         for i, m in zip(members, _split_group(metrics, [leaves[i] for i in members], num_clipped)):
             out[i] = m
     return out
+
+
+def _solve(calls, order, count: int) -> list:
+    """Every bucket's ``(evals, rank, finite)``, in bucket order (``calls[k]`` solves the buckets ``order`` lists
+    k-th)."""
+    solved = [out for args, kwargs in calls for out in solve_buckets(*args, **kwargs)]
+    sources: list = [None] * count
+    for b, out in zip(order, solved):
+        sources[b] = out
+    return sources
 
 
 def _transforms(leaves: Sequence[LeafPlan], buckets: Sequence[Bucket]) -> dict:
@@ -100,32 +113,12 @@ def _transforms(leaves: Sequence[LeafPlan], buckets: Sequence[Bucket]) -> dict:
     return {} if all(t is None for ts in transforms for t in ts) else {"transforms": transforms}
 
 
-_COMPILED_AHEAD: dict[tuple, None] = {}  # analyses whose programs this process compiled ahead (oldest first)
-
-
 def _compile_ahead_worthwhile(values, leaves, mesh) -> bool:
     """Whether to compile every program of an eager analysis at once, before running any: with more than one
     program, on a machine with more than one core, outside a trace and a mesh (whose programs depend on shardings)."""
     if mesh is not None or (os.cpu_count() or 1) < 2 or any(leaf.solver is not None for leaf in leaves):
         return False
     return not any(isinstance(v, jax.core.Tracer) for v in values)
-
-
-def _compile_ahead(solve_calls, order, leaves, pieces, groups, fit_options) -> None:
-    """Compiles the analysis' programs side by side into the caches the calls that follow read: the same programs,
-    so the same numbers, in a fraction of the wall time on a multi-core CPU. Each program is handed to a compiling
-    thread as soon as it is lowered (XLA compiles without holding the GIL), so tracing the next one overlaps it.
-    Programs already compiled (warm, or from the persistent cache or the program store) cost a lookup."""
-    with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-        ready = [solve_buckets.prepare(args, kwargs, pool) for args, kwargs in solve_calls]
-        shapes: list = [None] * len(order)  # each bucket's (evals, rank, finite) without solving it
-        for b, out in zip(order, (tuple(out) for _, info in ready for out in info)):
-            shapes[b] = out
-        for members in groups:
-            used, index = _group_plan(members, leaves, pieces, shapes, fit_options["mesh"])
-            ready.append(fit_group.prepare((tuple(shapes[s] for s in used), index), fit_options, pool))
-        for compile_, _ in ready:
-            compile_()
 
 
 def _group_plan(members, leaves, pieces, sources, mesh) -> tuple[list[int], RowIndex]:

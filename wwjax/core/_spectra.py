@@ -217,15 +217,33 @@ def eigenvalues(a: Float[Array, "... m m"]) -> Float[Array, "... m"]:
       >>> [round(float(x), 6) for x in eigenvalues(jnp.array([[2.0, 1.0], [1.0, 2.0]]))]
       [1.0, 3.0]
     """
-    if jax.default_backend() != "cpu" or a.shape[-1] < 2:
-        return jnp.linalg.eigvalsh(a)
     batch, m = a.shape[:-2], a.shape[-1]
-    if math.prod(batch) * m**3 < BISECTION_WORK:
+    if not bisects(math.prod(batch), m):
+        if jax.default_backend() != "cpu":
+            return jnp.linalg.eigvalsh(a)
         return per_matrix(jnp.linalg.eigvalsh, a.reshape(-1, m, m)).reshape(*batch, m)
+    diagonal, off_diagonal = tridiagonal_form(a.reshape(-1, m, m))
+    return jax.vmap(tridiagonal_eigenvalues)(diagonal, off_diagonal).reshape(*batch, m)
+
+
+def bisects(batch: int, m: int) -> bool:
+    """Whether :func:`eigenvalues` of ``batch`` matrices ``m × m`` takes the CPU's ``sytrd`` + bisection route
+    (decided when tracing, from the backend and the static shape; see :data:`BISECTION_WORK`)."""
+    return jax.default_backend() == "cpu" and m >= 2 and batch * m**3 >= BISECTION_WORK
+
+
+def tridiagonal_form(a: Float[Array, "batch m m"]) -> tuple[Float[Array, "batch m"], Float[Array, "batch m-1"]]:
+    """The diagonal and off-diagonal of each symmetric matrix's tridiagonal form (LAPACK ``sytrd``, lower
+    triangle read): the same eigenvalues, for :func:`tridiagonal_eigenvalues`.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> d, e = tridiagonal_form(jnp.array([[[2.0, 1.0], [1.0, 2.0]]]))
+      >>> d.tolist(), [abs(x) for x in e.tolist()[0]]
+      ([[2.0, 2.0]], [1.0])
+    """
     reduce = lambda x: jax.lax.linalg.tridiagonal(x, lower=True)[1:3]  # noqa: E731
-    diagonal, off_diagonal = per_matrix(reduce, a.reshape(-1, m, m))
-    solve = jax.vmap(tridiagonal_eigenvalues)
-    return solve(diagonal.reshape(-1, m), off_diagonal.reshape(-1, m - 1)).reshape(*batch, m)
+    return per_matrix(reduce, a)
 
 
 def spectra_of(stacks: Sequence[Float[Array, "batch n m"]], *, method: str) -> list[SliceSpectra]:

@@ -61,11 +61,12 @@ class SliceSpectra(NamedTuple):
 DOUBT_FACTOR = 1e3
 
 
-# batch·m³ from which the CPU's bisection route pays for its compilation. Measured on a 2-core CPU, float32, per
-# matrix: m=64 0.11 vs 0.29 ms (eigvalsh), m=128 0.56 vs 1.05 ms, m=256 2.0 vs 7.6 ms: a saving of about
-# 3e-10·m³ s, against about 0.4 s more to compile. At 3.3e8 a call saves about 0.1 s: MiniLM's 36 matrices of
-# width 384 (2e9) take the bisection, a small CNN's layers (a few matrices of width ≤ 128) eigvalsh.
-BISECTION_WORK = 3.3e8
+# The width from which the CPU's bisection route replaces eigvalsh. Measured on a 2-core CPU, float32, per matrix:
+# m=64 0.11 vs 0.29 ms (eigvalsh), m=128 0.56 vs 1.05 ms, m=256 2.0 vs 7.6 ms, against about 0.4 s more to
+# compile: at m=256 some 70 matrices repay it, at m=128 some 800. 192 sits between the two.
+# The choice depends on the width alone, never on how many matrices share a solve: a matrix's eigenvalues are the
+# same whichever leaves it is solved with, on one device or over a mesh, eagerly or under jit.
+BISECTION_WIDTH = 192
 
 
 def gram_floor(M: int, dtype) -> float:  # noqa: N803
@@ -208,8 +209,8 @@ def eigenvalues(a: Float[Array, "... m m"]) -> Float[Array, "... m"]:
     On CPU: LAPACK's ``sytrd`` reduces each matrix to tridiagonal form, then :func:`tridiagonal_eigenvalues`.
     ``jnp.linalg.eigvalsh`` runs LAPACK's ``syevd`` with its eigenvectors, which it then drops: this route is
     about 2x faster for the Gram matrices of real layers (``docs/engine.md``). But the bisection costs about 0.4 s
-    more to compile, which a small solve never earns back: below :data:`BISECTION_WORK` (``batch·m³``, about 0.1 s
-    of saving) the CPU runs ``eigvalsh`` too. On other backends: ``jnp.linalg.eigvalsh``, whose batched kernels are
+    more to compile, which narrow matrices never earn back: below :data:`BISECTION_WIDTH` the CPU runs
+    ``eigvalsh`` too. On other backends: ``jnp.linalg.eigvalsh``, whose batched kernels are
     the better optimised there. The route is chosen when tracing, from the backend and the static shape.
 
     Example:
@@ -218,7 +219,7 @@ def eigenvalues(a: Float[Array, "... m m"]) -> Float[Array, "... m"]:
       [1.0, 3.0]
     """
     batch, m = a.shape[:-2], a.shape[-1]
-    if not bisects(math.prod(batch), m):
+    if not bisects(m):
         if jax.default_backend() != "cpu":
             return jnp.linalg.eigvalsh(a)
         return per_matrix(jnp.linalg.eigvalsh, a.reshape(-1, m, m)).reshape(*batch, m)
@@ -226,10 +227,10 @@ def eigenvalues(a: Float[Array, "... m m"]) -> Float[Array, "... m"]:
     return jax.vmap(tridiagonal_eigenvalues)(diagonal, off_diagonal).reshape(*batch, m)
 
 
-def bisects(batch: int, m: int) -> bool:
-    """Whether :func:`eigenvalues` of ``batch`` matrices ``m × m`` takes the CPU's ``sytrd`` + bisection route
-    (decided when tracing, from the backend and the static shape; see :data:`BISECTION_WORK`)."""
-    return jax.default_backend() == "cpu" and m >= 2 and batch * m**3 >= BISECTION_WORK
+def bisects(m: int) -> bool:
+    """Whether :func:`eigenvalues` of ``m × m`` matrices takes the CPU's ``sytrd`` + bisection route (decided when
+    tracing, from the backend and the width; see :data:`BISECTION_WIDTH`)."""
+    return jax.default_backend() == "cpu" and m >= BISECTION_WIDTH
 
 
 def tridiagonal_form(a: Float[Array, "batch m m"]) -> tuple[Float[Array, "batch m"], Float[Array, "batch m-1"]]:

@@ -37,7 +37,7 @@ from jaxtyping import Array, Float, Int
 
 from wwjax.core._fit import POWER_LAW, PowerLawRowFit
 from wwjax.core._powerlaw import SMALL_N_CUTOFF, fit_power_law, fitted_block
-from wwjax.core._programs import FAST_COMPILE, program
+from wwjax.core._programs import program
 from wwjax.diagnostics._randomize import _mix32, as_key, path_hash
 
 RESAMPLES = ("esd", "tail")
@@ -214,8 +214,7 @@ def summarize(alpha: Float[Array, " rows"], boot: Float[Array, "rows B"], *, lev
     return BootstrapAlpha(*(jnp.where(fitted, c.astype(dtype), nan) for c in (std, low, high)))
 
 
-@program(static_argnames=("num_resamples", "level", "resample", "interval", "num_clipped", "ks_elements", "refit"),
-         cpu_options=FAST_COMPILE)
+@program(static_argnames=("num_resamples", "level", "resample", "interval", "num_clipped", "ks_elements", "refit"))
 def bootstrap_rows(
     evals: Float[Array, "rows n"],
     num_valid: Int[Array, " rows"],

@@ -113,7 +113,9 @@ def test_the_second_process_loads_every_program_from_the_cache(tmp_path):
 @pytest.mark.slow
 def test_a_corrupt_or_unusable_cache_never_fails_an_analysis(tmp_path):
     reference = _cached_run(XDG_CACHE_HOME=str(tmp_path / "good"))
-    for entry in (tmp_path / "good" / "wwjax").iterdir():  # every stored program becomes garbage
+    entries = [p for p in (tmp_path / "good" / "wwjax").rglob("*") if p.is_file()]
+    assert any(p.parent.name == "programs" for p in entries)  # the program store sits beside JAX's cache
+    for entry in entries:  # every stored program, JAX's and the store's, becomes garbage
         entry.write_bytes(b"\x00garbage" * 7)
     corrupt = _cached_run(XDG_CACHE_HOME=str(tmp_path / "good"))
     assert corrupt["alpha"] == reference["alpha"]

@@ -104,6 +104,10 @@ def _tracing(args: tuple, kwargs: dict) -> bool:
     return trace is not None and not isinstance(trace, core.EvalTrace)
 
 
+def _shapes(avals) -> list[jax.ShapeDtypeStruct]:
+    return [jax.ShapeDtypeStruct(a.shape, a.dtype, weak_type=a.weak_type) for a in avals]
+
+
 def _stable_repr(value: Any) -> str | None:
     """``repr(value)`` if it names the value the same way in every process (no object addresses), else None."""
     text = repr(value)
@@ -130,8 +134,7 @@ class _Entry:
         return jax.tree.unflatten(self.out_tree, self.compiled.result()(*leaves))
 
     def out_info(self) -> Any:
-        shapes = [jax.ShapeDtypeStruct(a.shape, a.dtype, weak_type=a.weak_type) for a in self.out_avals]
-        return jax.tree.unflatten(self.out_tree, shapes)
+        return jax.tree.unflatten(self.out_tree, _shapes(self.out_avals))
 
 
 class Program:
@@ -184,9 +187,6 @@ class Program:
             return self.jitted(*args, **kwargs)
         return entry.run(jax.tree.leaves(self._split(args, kwargs)[0]))
 
-    def lower(self, *args, **kwargs):
-        return self.jitted.lower(*args, **kwargs)
-
     def prepare(self, args: tuple, kwargs: dict,
                 pool: concurrent.futures.Executor | None = None) -> tuple[Callable[[], Any], Any]:
         """Readies the program for these arguments (arrays or ``jax.ShapeDtypeStruct``) without running it:
@@ -235,6 +235,7 @@ class Program:
 
     def _load_or_export(self, key: str, in_tree, static: dict, avals: list, pool) -> _Entry:
         path = _store / f"{key}.wwp"
+        shapes = _shapes(avals)
         exported, out_tree = _read(path)
         if exported is None:
             box = []
@@ -245,11 +246,9 @@ class Program:
                 box.append(tree)
                 return flat_out
 
-            shapes = [jax.ShapeDtypeStruct(a.shape, a.dtype, weak_type=a.weak_type) for a in avals]
             exported = jax.export.export(jax.jit(flat))(*shapes)
             out_tree = box[0]
             _write(path, exported, out_tree)
-        shapes = [jax.ShapeDtypeStruct(a.shape, a.dtype, weak_type=a.weak_type) for a in avals]
         lowered = jax.jit(exported.call).lower(*shapes)
         compile_ = functools.partial(lowered.compile, self._options())
         if pool is None:
@@ -272,7 +271,7 @@ def compile_ahead(plan: Callable[[], Any], signature: Hashable | None = None) ->
     programs, so the same numbers, in a fraction of the wall time on a multi-core CPU.
 
     ``signature``: what the programs depend on; a signature planned before in this process is not planned again
-    (its programs are all compiled). Does nothing on a single-core machine.
+    (its programs are all compiled). Does nothing on a single-core machine or inside a trace.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -281,8 +280,8 @@ def compile_ahead(plan: Callable[[], Any], signature: Hashable | None = None) ->
       >>> double(jnp.ones(3)).tolist()
       [2.0, 2.0, 2.0]
     """
-    if (os.cpu_count() or 1) < 2 or getattr(_ahead, "pool", None) is not None:
-        return
+    if (os.cpu_count() or 1) < 2 or getattr(_ahead, "pool", None) is not None or _tracing((), {}):
+        return  # under a trace the programs are parts of the caller's program: nothing to compile ahead
     if signature is not None:
         with _lock:
             if signature in _planned:

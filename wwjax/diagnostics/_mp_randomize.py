@@ -275,10 +275,9 @@ def add_diagnostics(leaves, values, metrics: list[dict], opts, *, scales, method
     ok = [m["status_code"] != _results.STATUS_NON_FINITE for m in metrics]
     esds = tuple(m["esd"] for m in metrics)
     inputs = (tuple(values), esds, ok, key)
-    if not any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(inputs)):
-        # Eagerly, the programs are compiled side by side first (a randomized MiniLM compiles ~20 of them).
-        stand_ins = abstract(inputs)
-        signature = (plan, str(jax.tree.structure(stand_ins)), tuple(map(repr, jax.tree.leaves(stand_ins))))
-        compile_ahead(lambda: _columns(*stand_ins, plan=plan), signature)
+    # Eagerly, the programs are compiled side by side first (a randomized MiniLM compiles ~18 of them).
+    stand_ins = abstract(inputs)
+    signature = (plan, str(jax.tree.structure(stand_ins)), tuple(map(repr, jax.tree.leaves(stand_ins))))
+    compile_ahead(lambda: _columns(*stand_ins, plan=plan), signature)
     extras = _columns(*inputs, plan=plan)
     return [dict(m, extra={**m.get("extra", {}), **extra}) for m, extra in zip(metrics, extras)]
